@@ -1,0 +1,116 @@
+"""Saving and loading checkpoints: atomic writes, safe reads, and exact random state.
+
+Two files live in out_dir: `ckpt.pt`, the model with the best val loss (what
+sample.py loads), and `last.pt`, the latest full training state (what
+--init_from=resume continues from). Both are written to a temporary file in the
+same folder, flushed to disk, then renamed over the old one, so a crash at any
+moment leaves the previous file whole. Loading uses torch.load(weights_only=True):
+tensors and plain containers only, never arbitrary pickled objects.
+"""
+import errno
+import os
+import random
+
+import numpy as np
+import torch
+
+from errors import UserError
+
+BEST = "ckpt.pt"
+LAST = "last.pt"
+
+
+def save_checkpoint(state, path):
+    """Write state atomically: a temporary file, fsync, rename, fsync of the folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"out of disk space while saving {path}; the previous checkpoint is intact. "
+                            "Free some space and resume with --init_from=resume") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"cannot write to {folder}: permission denied; choose another --out_dir") from None
+        raise UserError(f"could not save {path}: {e.strerror or e}") from None
+
+
+def check_writable(out_dir):
+    """Fail before training starts, not at the first save, when out_dir cannot be written."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-test{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"out_dir {out_dir} is not writable ({e.strerror}); choose another --out_dir") from None
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a checkpoint without unpickling arbitrary objects; any bad file is a clear error."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}; train one first with python train.py CONFIG")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, refused global: all one answer
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint of this project ({reason[:160]})") from None
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise UserError(f"{path} is not a checkpoint of this project (no model or model_config in it)")
+    return state
+
+
+def resolve_checkpoint(path, name=BEST):
+    """A checkpoint file from a file path or an out_dir."""
+    if os.path.isdir(path):
+        return os.path.join(path, name)
+    return path
+
+
+def rng_state():
+    """Every random generator a training step draws from, in a form weights_only loads."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def load_model(path, device="cpu"):
+    """(model in eval mode, tokenizer, checkpoint dict) from a checkpoint file or out_dir."""
+    from model import GPTConfig, build_model
+    from tokenizer import load_tokenizer
+    state = load_checkpoint(resolve_checkpoint(path), device)
+    try:
+        model = build_model(GPTConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} does not hold a model this project can build ({str(e).splitlines()[0][:160]})") from None
+    return model.to(device).eval(), load_tokenizer(state["tokenizer"]), state

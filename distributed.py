@@ -1,0 +1,74 @@
+"""Data-parallel training across processes and machines, through torchrun.
+
+`torchrun --nproc_per_node=N train.py ...` sets RANK, LOCAL_RANK and WORLD_SIZE;
+without them training is a single process and nothing here does anything.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from device import pick_device
+from errors import UserError
+
+
+@dataclass
+class Distributed:
+    """This process's place in the job, and the few collective operations training needs."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = None  # set under torchrun: each process owns one GPU, or the CPU
+    _model: DDP = None
+
+    @property
+    def enabled(self):
+        return self.world_size > 1 or dist.is_initialized()
+
+    def wrap(self, model):
+        if not self.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self._model = DDP(model, device_ids=ids)
+        return self._model
+
+    def sync(self, on):
+        """Let DDP all-reduce gradients in the coming backward pass, or not (accumulation steps)."""
+        if self._model is not None:
+            self._model.require_backward_grad_sync = on
+
+    def gather(self, obj):
+        """[obj of rank 0, obj of rank 1, ...], on every rank."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def cleanup(self):
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup(cfg):
+    """Join the process group when launched by torchrun; a single process otherwise."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Distributed()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                            "use --nproc_per_node at most the number of GPUs")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise UserError(f"distributed training needs cuda or cpu, not {device.type}")
+    dist.init_process_group(backend=backend, rank=rank, world_size=world, device_id=device if backend == "nccl" else None)
+    return Distributed(rank=rank, local_rank=local_rank, world_size=world, device=device)

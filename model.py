@@ -1,0 +1,255 @@
+"""The GPT language model: a decoder-only Transformer, in one readable file.
+
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=65))
+    logits, loss = model(idx, targets)
+
+Importing or building a model has no side effects: no prints, no environment reads.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from kv_cache import KVCache
+from positions import apply_rotary, rotary_cos_sin, sinusoidal_table
+
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+
+
+@dataclass
+class GPTConfig:
+    """Every hyperparameter of the model; a checkpoint stores `asdict(config)`."""
+    block_size: int = 256  # context length: the most positions attention can see
+    vocab_size: int = 65  # set from the dataset's tokenizer
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has
+    pos_encoding: str = "learned"  # learned | sinusoidal | rope
+    causal: bool = True  # False gives encoder blocks: every token sees every other
+    attention: str = "sdpa"  # sdpa (fused kernel) | explicit (the formula spelled out)
+    activation: str = "gelu"  # gelu | gelu_tanh (GPT-2's approximation)
+    arch: str = "gpt"  # gpt | bigram (the lookup-table baseline)
+
+    def __post_init__(self):
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, not {self.pos_encoding!r}")
+        if self.attention not in ("sdpa", "explicit"):
+            raise ValueError(f"attention must be 'sdpa' or 'explicit', not {self.attention!r}")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', not {self.activation!r}")
+        if self.arch not in ("gpt", "bigram"):
+            raise ValueError(f"arch must be 'gpt' or 'bigram', not {self.arch!r}")
+        if self.arch == "gpt" and self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError("rope needs an even head size (n_embd // n_head)")
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention; each position attends to itself and the positions before it."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_size = config.n_embd // config.n_head
+        self.causal = config.causal
+        self.explicit = config.attention == "explicit"
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        mask, is_causal = None, self.causal
+        if cache is not None:
+            k, v, mask, is_causal = cache.update(layer, k, v)  # k, v: (B, nh, S, hs)
+        if self.explicit:
+            y = self._explicit_attention(q, k, v, mask, is_causal)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, nh*hs): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+    def _explicit_attention(self, q, k, v, mask, is_causal):
+        """softmax(q k^T / sqrt(hs)) v, with future positions masked out: what SDPA computes."""
+        T, S = q.shape[2], k.shape[2]
+        att = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (B, nh, T, S)
+        if is_causal:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        if mask is not None:
+            att = att.masked_fill(~mask, float("-inf"))
+        att = self.attn_dropout(F.softmax(att, dim=-1))
+        return att @ v  # (B, nh, T, hs)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: widen 4x, GELU, project back."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """A Transformer block, pre-LayerNorm: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)  # tokens exchange information
+        x = x + self.mlp(self.ln_2(x))  # each token thinks on what it gathered
+        return x
+
+
+class GPT(nn.Module):
+    """Token and position embeddings, n_layer blocks, a final LayerNorm and a tied output head."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.pos_encoding == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        elif config.pos_encoding == "sinusoidal":
+            self.register_buffer("pe", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017): the output head reads the input embedding table.
+        self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer), two per block,
+        # so the residual stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """Parameters, by default without the position table (it does no multiply-adds)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.pos_encoding == "learned":
+            n -= self.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean loss if targets are given."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if self.config.pos_encoding != "rope" and start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.wte(idx)  # (B, T, C)
+        if self.config.pos_encoding == "learned":
+            x = x + self.wpe(pos)
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pe[pos]
+        rope = rotary_cos_sin(pos, self.config.n_embd // self.config.n_head) \
+            if self.config.pos_encoding == "rope" else None
+        x = self.drop(x)
+        if cache is not None:
+            cache.prepare(T)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.commit(T)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_cache(self, batch_size, device=None, dtype=None):
+        """An empty KVCache for this model, or None where a cache cannot serve (encoder blocks)."""
+        if not self.config.causal:
+            return None
+        c = self.config
+        p = self.wte.weight
+        # Rotary caches slide in place; the extra room makes the slide's copy rare.
+        capacity = 2 * c.block_size if c.pos_encoding == "rope" else c.block_size
+        return KVCache(c.n_layer, batch_size, c.n_head, c.n_embd // c.n_head, c.block_size, capacity,
+                       device or p.device, dtype or p.dtype)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Append max_new_tokens sampled tokens to idx (B, T); uses the KV cache."""
+        from sampling import generate_tokens
+        new = list(generate_tokens(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, generator=generator))
+        return torch.cat([idx] + new, dim=1)
+
+    def configure_optimizer(self, learning_rate, weight_decay, betas, fused=False):
+        """AdamW that decays matrices (weights of Linear and Embedding) and not biases or gains."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused or None)
+
+
+class BigramLanguageModel(GPT):
+    """The lecture's first model: each token looks up the logits of the next in a table.
+
+    It shares GPT's interface (forward, generate, configure_optimizer) so the same
+    scripts train and sample it; it sees one token of context, so it has no cache.
+    """
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        self.config = config
+        self.table = nn.Embedding(config.vocab_size, config.vocab_size)  # row i: logits after token i
+        nn.init.normal_(self.table.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        return self.table.weight.numel()
+
+    def forward(self, idx, targets=None, cache=None):
+        logits = self.table(idx)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_cache(self, batch_size, device=None, dtype=None):
+        return None
+
+
+def build_model(config):
+    """The model class that `config.arch` names."""
+    return BigramLanguageModel(config) if config.arch == "bigram" else GPT(config)

@@ -1,0 +1,78 @@
+"""Turning logits into tokens: temperature, top-k, top-p, and the generation loop.
+
+The loop runs with a KV cache (the default) or by recomputing the whole context
+for every token; both see exactly the same context at every step, so they give
+the same tokens, and tests hold them to it.
+"""
+import torch
+from torch.nn import functional as F
+
+
+def filter_top_k(logits, k):
+    """Keep the k largest logits of each row; the rest become -inf."""
+    k = min(k, logits.size(-1))
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def filter_top_p(logits, p):
+    """Nucleus filter (Holtzman et al. 2019): keep the smallest set of most likely tokens
+    whose probability reaches p. The most likely token is always kept."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = F.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the tokens ranked above
+    drop_sorted = mass_before >= p  # the set already reached p without this token
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> next tokens (B, 1). Temperature 0 picks the most likely token."""
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k:
+        logits = filter_top_k(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = filter_top_p(logits, top_p)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def window_start(model, start, length):
+    """First position of the context the model sees when `length` tokens exist.
+
+    With rotary positions the window slides one token at a time (the cache slides
+    with it). With absolute positions, a full window drops its oldest quarter at
+    once and is re-encoded from scratch: re-encoding is a whole forward pass, so
+    sliding one token per step would cost as much as not caching at all.
+    """
+    block = model.config.block_size
+    if length - start <= block:
+        return start
+    if model.config.pos_encoding == "rope" or model.config.arch == "bigram":
+        return length - block
+    return length - (3 * block) // 4
+
+
+@torch.no_grad()
+def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                    generator=None, use_cache=True):
+    """Yield max_new_tokens new tokens, each (B, 1), continuing the prompts idx (B, T)."""
+    tokens = idx
+    start = window_start(model, 0, tokens.size(1))
+    cache = model.new_cache(idx.size(0)) if use_cache else None
+    logits, _ = model(tokens[:, start:], cache=cache)
+    for _ in range(max_new_tokens):
+        next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+        yield next_token
+        tokens = torch.cat((tokens, next_token), dim=1)
+        new_start = window_start(model, start, tokens.size(1))
+        if cache is None:
+            logits, _ = model(tokens[:, new_start:])
+        elif new_start != start and model.config.pos_encoding != "rope":
+            cache.reset()  # absolute positions shifted: re-encode the kept window
+            logits, _ = model(tokens[:, new_start:], cache=cache)
+        else:
+            logits, _ = model(next_token, cache=cache)
+        start = new_start

@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, build_model
+
+
+def tiny(**kw):
+    return GPTConfig(**dict(dict(vocab_size=65, n_layer=2, n_head=4, n_embd=32, block_size=16), **kw))
+
+
+def test_shapes_and_loss():
+    model = GPT(tiny())
+    idx = torch.randint(0, 65, (3, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 16, 65)
+    assert loss.shape == ()
+    logits, loss = model(idx[:, :5])
+    assert logits.shape == (3, 5, 65) and loss is None
+
+
+def test_sequence_longer_than_block_size_is_refused():
+    with pytest.raises(ValueError, match="block_size"):
+        GPT(tiny())(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope"])
+def test_changing_later_tokens_never_changes_earlier_logits(pos_encoding):
+    torch.manual_seed(0)
+    model = GPT(tiny(pos_encoding=pos_encoding)).eval()
+    idx = torch.randint(0, 65, (2, 16))
+    changed = idx.clone()
+    changed[:, 10:] = torch.randint(0, 65, (2, 6))
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.equal(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_loss_at_init_is_near_uniform():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    idx = torch.randint(0, 65, (8, 16))
+    _, loss = model(idx, torch.randint(0, 65, (8, 16)))
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_sdpa_and_explicit_attention_agree():
+    torch.manual_seed(0)
+    fused = GPT(tiny()).eval()
+    explicit = GPT(tiny(attention="explicit")).eval()
+    explicit.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, 65, (2, 16))
+    a, _ = fused(idx)
+    b, _ = explicit(idx)
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_one_batch_overfits():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    opt = model.configure_optimizer(3e-3, 0.0, (0.9, 0.99))
+    idx = torch.randint(0, 65, (4, 16))
+    x, y = idx[:, :-1], idx[:, 1:]
+    for _ in range(200):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_same_seed_same_losses():
+    def losses():
+        torch.manual_seed(42)
+        model = GPT(tiny(dropout=0.1))
+        opt = model.configure_optimizer(1e-3, 0.1, (0.9, 0.99))
+        out = []
+        for _ in range(5):
+            idx = torch.randint(0, 65, (4, 16))
+            _, loss = model(idx, idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+    assert losses() == losses()
+
+
+def test_weight_tying_and_init():
+    model = GPT(tiny())
+    assert model.lm_head.weight is model.wte.weight
+    proj = model.blocks[0].attn.c_proj.weight
+    assert abs(proj.std().item() - 0.02 / math.sqrt(4)) < 0.004
+
+
+def test_weight_decay_only_on_matrices():
+    opt = GPT(tiny()).configure_optimizer(1e-3, 0.1, (0.9, 0.95))
+    decayed, plain = opt.param_groups
+    assert all(p.dim() >= 2 for p in decayed["params"]) and decayed["weight_decay"] == 0.1
+    assert all(p.dim() < 2 for p in plain["params"]) and plain["weight_decay"] == 0.0
+
+
+def test_bigram_is_a_lookup_table():
+    model = build_model(tiny(arch="bigram"))
+    idx = torch.tensor([[3, 3, 5]])
+    logits, _ = model(idx)
+    assert torch.equal(logits[0, 0], logits[0, 1])
+    assert model.num_params() == 65 * 65

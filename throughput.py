@@ -1,0 +1,62 @@
+"""Honest throughput figures: FLOPs per token, the device's peak, and model FLOPs utilisation."""
+import time
+
+import torch
+
+# Dense bf16/fp16 tensor-core peaks (no sparsity), from the vendors' data sheets, FLOP/s.
+GPU_PEAK_FLOPS = {
+    "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 756e12,
+    "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+def flops_per_token(config, n_params):
+    """Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B).
+
+    6N for the weights: forward and backward multiply each parameter three times,
+    two FLOPs a multiply-add. Plus 12 * n_layer * n_embd * block_size for attention's
+    scores and weighted sums, which have no parameters.
+    """
+    if config.arch == "bigram":
+        return 6 * n_params
+    return 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
+
+
+_cpu_peak_cache = {}
+
+
+def measure_cpu_peak(dtype, size=1024, repeats=5):
+    """Matmul FLOP/s this CPU reaches in `dtype`: the ceiling a training step could hit."""
+    if dtype in _cpu_peak_cache:
+        return _cpu_peak_cache[dtype]
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b  # warm up the kernels
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    _cpu_peak_cache[dtype] = 2 * size ** 3 / best
+    return _cpu_peak_cache[dtype]
+
+
+def peak_flops(device, dtype):
+    """The device's peak FLOP/s in `dtype`, or None where it is not known."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return flops if dtype != torch.float32 else None  # fp32 peaks depend on TF32 settings
+        return None
+    if device.type == "cpu":
+        return measure_cpu_peak(dtype)
+    return None
+
+
+def mfu(tokens_per_second, flops_per_tok, peak):
+    """Model FLOPs utilisation: achieved model FLOP/s over the peak, or None without a peak."""
+    if not peak:
+        return None
+    return tokens_per_second * flops_per_tok / peak

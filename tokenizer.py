@@ -1,0 +1,100 @@
+"""Tokenizers: characters (the lecture's) and GPT-2's byte-pair encoding (through tiktoken).
+
+A dataset's meta.json and every checkpoint store `tokenizer.to_meta()`, plain JSON,
+and `load_tokenizer(meta)` rebuilds the same tokenizer from it.
+"""
+
+import numpy as np
+
+from errors import UserError
+
+
+class CharTokenizer:
+    """One token per character of a fixed vocabulary (the sorted characters of the training text)."""
+    kind = "char"
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+        self.vocab_size = len(self.chars)
+
+    @classmethod
+    def from_text(cls, text):
+        return cls(sorted(set(text)))
+
+    def encode(self, text):
+        unknown = sorted({ch for ch in text if ch not in self.stoi})
+        if unknown:
+            shown = ", ".join(repr(ch) for ch in unknown[:10])
+            raise UserError(f"text has characters not in the vocabulary: {shown}; use only characters from the training text")
+        return [self.stoi[ch] for ch in text]
+
+    def encode_array(self, text, dtype):
+        """encode() for long texts: a vectorised lookup of code points, as a numpy array."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.array([ord(ch) for ch in self.chars], dtype=np.uint32)  # sorted, as the vocabulary is
+        ids = np.searchsorted(table, codes)
+        found = table[np.minimum(ids, len(table) - 1)] == codes
+        if not found.all():
+            self.encode(text)  # raises with the unknown characters named
+        return ids.astype(dtype)
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+    def decode_bytes(self, ids):
+        return self.decode(ids).encode("utf-8")
+
+    def to_meta(self):
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "chars": self.chars}
+
+
+class GPT2Tokenizer:
+    """GPT-2's 50,257-token byte-pair encoding, from tiktoken."""
+    kind = "gpt2"
+
+    def __init__(self):
+        import tiktoken
+        try:
+            self.enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # tiktoken raises plain request errors when offline
+            raise UserError(
+                f"could not load the GPT-2 BPE files ({type(e).__name__}); tiktoken downloads them once. "
+                "Offline, put copies of vocab.bpe and encoder.json in a folder named by TIKTOKEN_CACHE_DIR "
+                "(see README, 'GPT-2 BPE offline')") from None
+        self.eot_token = self.enc.eot_token
+        self.vocab_size = self.enc.n_vocab
+
+    def encode(self, text):
+        return self.enc.encode_ordinary(text)
+
+    def encode_array(self, text, dtype):
+        return np.array(self.encode(text), dtype=dtype)
+
+    def decode(self, ids):
+        return self.enc.decode(list(ids), errors="replace")
+
+    def decode_bytes(self, ids):
+        return self.enc.decode_bytes(list(ids))
+
+    def to_meta(self):
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size}
+
+
+def load_tokenizer(meta):
+    """The tokenizer a meta dict (from meta.json or a checkpoint) describes."""
+    kind = meta.get("tokenizer")
+    if kind == "char":
+        return CharTokenizer(meta["chars"])
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    raise UserError(f"unknown tokenizer kind {kind!r} in the dataset or checkpoint metadata")
+
+
+def make_tokenizer(kind, text_sample=None):
+    if kind == "char":
+        return CharTokenizer.from_text(text_sample)
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    raise UserError(f"unknown tokenizer {kind!r}; use 'char' or 'gpt2'")
+

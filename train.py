@@ -1,0 +1,357 @@
+"""Train a GPT on a prepared dataset.
+
+    python train.py config/shakespeare_char_cpu.py
+    python train.py config/shakespeare_char.py --max_iters=100 --device=cpu
+    torchrun --standalone --nproc_per_node=4 train.py config/shakespeare_char.py
+
+`python train.py --help` lists every setting. One flat loop: evaluate, save,
+take an optimizer step; the last step always evaluates and saves.
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+import torch
+
+import distributed
+from checkpoint import (BEST, LAST, check_writable, load_checkpoint, rng_state, save_checkpoint,
+                        set_rng_state)
+from device import autocast, pick_device, pick_dtype
+from errors import UserError, run_main
+from metrics import MetricsLog, format_figures, loss_figures
+from model import GPTConfig, build_model
+from settings import help_text, load_settings
+from throughput import flops_per_token, mfu, peak_flops
+from tokenizer import load_tokenizer
+
+# Model settings that may differ on resume: they change the run, not the weights' shapes.
+RESUMABLE_MODEL_KEYS = {"dropout", "attention"}
+
+
+def get_lr(step, cfg):
+    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+    if step >= cfg.lr_decay_iters:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def load_dataset(cfg):
+    """The dataset's metadata and its two token splits, memory-mapped."""
+    folder = os.path.join(cfg.data_root, cfg.dataset)
+    meta_path = os.path.join(folder, "meta.json")
+    if not os.path.isfile(meta_path):
+        raise UserError(f"no prepared data in {folder}; run python prepare.py "
+                        f"(or python prepare.py --input FILE --name {cfg.dataset})")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    splits = {}
+    for split in ("train", "val"):
+        path = os.path.join(folder, f"{split}.bin")
+        if not os.path.isfile(path):
+            raise UserError(f"{path} is missing; run python prepare.py again")
+        splits[split] = np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r")
+    return meta, splits
+
+
+class Batches:
+    """Random windows of block_size + 1 tokens from one split: inputs and next-token targets."""
+
+    def __init__(self, data, block_size, batch_size, device, generator):
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.device, self.generator = device, generator
+
+    def sample(self):
+        T = self.block_size
+        starts = torch.randint(len(self.data) - T, (self.batch_size,), generator=self.generator).numpy()
+        windows = torch.from_numpy(np.stack([self.data[i:i + T + 1] for i in starts]).astype(np.int64))
+        x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each: y is x shifted by one
+        if self.device.type == "cuda":  # pinned memory lets the copy overlap with compute
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+@torch.no_grad()
+def estimate_loss(model, batches, eval_iters, ctx):
+    """Mean loss over eval_iters random batches of each split, in eval mode (no dropout)."""
+    model.eval()
+    out = {}
+    for split, source in batches.items():
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            x, y = source.sample()
+            with ctx:
+                _, loss = model(x, y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def evaluate_split(model, data, block_size, batch_size, device, ctx):
+    """Mean loss over every token of a split, in consecutive windows: the same figure every time."""
+    model.eval()
+    total, count = 0.0, 0
+    n_windows = (len(data) - 1) // block_size
+    for first in range(0, n_windows, batch_size):
+        rows = range(first, min(first + batch_size, n_windows))
+        windows = np.stack([data[r * block_size:(r + 1) * block_size + 1] for r in rows]).astype(np.int64)
+        windows = torch.from_numpy(windows).to(device)
+        with ctx:
+            _, loss = model(windows[:, :-1], windows[:, 1:])
+        n = windows[:, 1:].numel()
+        total += loss.item() * n
+        count += n
+    return total / count
+
+
+def optimizer_step(model, optimizer, micro_batches, ctx, scaler, grad_clip, sync=None):
+    """One optimizer step over a list of (x, y) micro-batches; returns the mean loss (a tensor).
+
+    Each micro-batch's loss is divided by their count, so the accumulated gradient
+    is the mean over all of them, as if they were one big batch. Under DDP,
+    gradients are all-reduced only on the last micro-step (`sync(True)`).
+    """
+    n = len(micro_batches)
+    total = 0.0
+    for i, (x, y) in enumerate(micro_batches):
+        if sync is not None:
+            sync(i == n - 1)
+        with ctx:
+            _, loss = model(x, y)
+            loss = loss / n
+        scaler.scale(loss).backward()
+        total = total + loss.detach()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def bytes_per_token(meta):
+    if meta.get("val_bytes") and meta.get("val_tokens"):
+        return meta["val_bytes"] / meta["val_tokens"]
+    return None
+
+
+def init_model(cfg, model_cfg, meta, device):
+    """Build the model (and the checkpoint to resume from, if any) as init_from says."""
+    if cfg.init_from == "scratch":
+        model_cfg = replace(model_cfg, vocab_size=meta["vocab_size"])
+        return build_model(model_cfg).to(device), None
+    if cfg.init_from == "resume":
+        state = load_checkpoint(os.path.join(cfg.out_dir, LAST), device)
+        saved = GPTConfig(**state["model_config"])
+        changed = [k for k in asdict(saved) if k not in RESUMABLE_MODEL_KEYS | {"vocab_size"}
+                   and getattr(saved, k) != getattr(model_cfg, k)]
+        if changed:
+            diffs = ", ".join(f"{k} {getattr(saved, k)!r} -> {getattr(model_cfg, k)!r}" for k in changed)
+            raise UserError(f"cannot resume with a different model shape ({diffs}); "
+                            "use the settings of the saved run, or a new out_dir")
+        if state["tokenizer"] != {k: meta[k] for k in state["tokenizer"]}:
+            raise UserError(f"dataset {cfg.dataset} has a different vocabulary from the checkpoint in {cfg.out_dir}; "
+                            "resume on the dataset it was trained on")
+        model_cfg = replace(saved, **{k: getattr(model_cfg, k) for k in RESUMABLE_MODEL_KEYS})
+        model = build_model(model_cfg).to(device)
+        model.load_state_dict(state["model"])
+        return model, state
+    from gpt2_weights import load_pretrained  # GPT-2 weights, by name or local path
+    model = load_pretrained(cfg.init_from, dropout=model_cfg.dropout).to(device)
+    if meta["vocab_size"] > model.config.vocab_size:
+        raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} tokens but {cfg.init_from} knows "
+                        f"{model.config.vocab_size}; prepare it with --tokenizer gpt2")
+    if model_cfg.block_size < model.config.block_size:
+        model.crop_block_size(model_cfg.block_size)
+    return model, None
+
+
+def report_changed_settings(cfg, saved):
+    ignore = {"init_from"}
+    changes = [f"{k} {saved[k]!r} -> {v!r}" for k, v in asdict(cfg).items()
+               if k in saved and k not in ignore and saved[k] != v]
+    if changes:
+        print("resuming with changed settings: " + ", ".join(changes))
+
+
+def train(cfg, model_cfg):
+    """Run training as cfg says; returns {'losses': [...], 'best_val_loss': ...} on the master process."""
+    ddp = distributed.setup(cfg)
+    master = ddp.rank == 0
+    device = ddp.device or pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    ctx = autocast(device, dtype)
+    meta, splits = load_dataset(cfg)
+    tokenizer_meta = {k: meta[k] for k in ("tokenizer", "vocab_size", "chars") if k in meta}
+    if cfg.gradient_accumulation_steps % ddp.world_size != 0:
+        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by "
+                        f"the number of processes ({ddp.world_size})")
+    accum = cfg.gradient_accumulation_steps // ddp.world_size
+    if cfg.eval_only:
+        return run_eval_only(cfg, meta, splits, device, ctx)
+    if master:
+        check_writable(cfg.out_dir)
+
+    torch.manual_seed(cfg.seed + ddp.rank)
+    model, state = init_model(cfg, model_cfg, meta, device)
+    model_cfg = model.config
+    for split, data in splits.items():
+        if len(data) <= model_cfg.block_size + 1:
+            raise UserError(f"the {split} split has {len(data)} tokens, too few for block_size "
+                            f"{model_cfg.block_size}; use a longer text or a smaller --block_size")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    optimizer = model.configure_optimizer(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                          fused=device.type == "cuda")
+    # Separate generators: changing the eval cadence never changes the training batches.
+    train_gen = torch.Generator().manual_seed(cfg.seed + ddp.rank)
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    train_batches = Batches(splits["train"], model_cfg.block_size, cfg.batch_size, device, train_gen)
+    eval_batches = {s: Batches(splits[s], model_cfg.block_size, cfg.batch_size, device, eval_gen) for s in splits}
+
+    start_step, best_val_loss = 0, float("inf")
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, best_val_loss = state["iter_num"], state["best_val_loss"]
+        rng = state["rng"][ddp.rank] if ddp.rank < len(state["rng"]) else state["rng"][0]
+        set_rng_state(rng["global"])
+        train_gen.set_state(rng["train"])
+        eval_gen.set_state(rng["eval"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if master:
+            report_changed_settings(cfg, state["train_config"])
+            print(f"resuming from iteration {start_step} (best val loss {best_val_loss:.4f})")
+        state = None  # free the checkpoint's copy of the weights
+
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    model = ddp.wrap(model)
+
+    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
+    flops_tok = flops_per_token(model_cfg, raw_model.num_params())
+    peak = peak_flops(device, dtype) if master else None
+    log = MetricsLog(cfg.out_dir) if master else None
+    bpt = bytes_per_token(meta)
+    if master:
+        print(f"{raw_model.num_params() / 1e6:.2f}M parameters; device {device}, {str(dtype).removeprefix('torch.')}"
+              f"{', compiled' if cfg.compile else ''}; {tokens_per_step:,} tokens per step"
+              f"{f' across {ddp.world_size} processes' if ddp.world_size > 1 else ''}")
+        if cfg.wandb_log:
+            import wandb
+            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg) | asdict(model_cfg))
+
+    def training_state(step):
+        """Everything --init_from=resume needs to continue exactly from `step`."""
+        rng = {"global": rng_state(), "train": train_gen.get_state(), "eval": eval_gen.get_state()}
+        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model_config": asdict(model_cfg), "train_config": asdict(cfg), "tokenizer": tokenizer_meta,
+                "iter_num": step, "best_val_loss": best_val_loss, "rng": ddp.gather(rng),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+
+    t_start = time.perf_counter()
+    pending = []  # (step, loss tensor) not yet checked: reading a loss forces a device sync
+    losses = {}
+    t_last, steps_timed = time.perf_counter(), 0
+    recent_ms = []
+
+    def check_losses():
+        for step_done, loss in pending:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise UserError(f"loss became {value} at iteration {step_done}; stopped. The last good checkpoints "
+                                f"in {cfg.out_dir} are kept; lower learning_rate or check the data")
+            losses[step_done] = value
+        pending.clear()
+
+    for step in range(start_step, cfg.max_iters + 1):
+        last_step = step == cfg.max_iters
+        lr = get_lr(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        just_resumed = step == start_step and start_step > 0  # its eval and save happened before the stop
+
+        if master and not just_resumed and (step % cfg.eval_interval == 0 or last_step):
+            check_losses()
+            split_losses = estimate_loss(model, eval_batches, cfg.eval_iters, ctx)
+            val = loss_figures(split_losses["val"], meta["tokenizer"], bpt)
+            print(f"step {step}: train loss {split_losses['train']:.4f}, val loss {format_figures(val)}")
+            log.write(iter=step, tokens=step * tokens_per_step, train_loss=split_losses["train"],
+                      val_loss=split_losses["val"], **{f"val_{k}": v for k, v in val.items() if k != "loss"},
+                      lr=lr, elapsed=time.perf_counter() - t_start)
+            if cfg.wandb_log:
+                wandb.log({"iter": step, "train/loss": split_losses["train"], "val/loss": split_losses["val"], "lr": lr})
+            if split_losses["val"] < best_val_loss:
+                best_val_loss = split_losses["val"]
+                save_checkpoint({"model": raw_model.state_dict(), "model_config": asdict(model_cfg),
+                                 "tokenizer": tokenizer_meta, "iter_num": step, "best_val_loss": best_val_loss},
+                                os.path.join(cfg.out_dir, BEST))
+        if not just_resumed and (step % cfg.checkpoint_interval == 0 or last_step):
+            if master:
+                check_losses()
+            snapshot = training_state(step)  # every rank takes part: the RNG states are gathered
+            if master:
+                save_checkpoint(snapshot, os.path.join(cfg.out_dir, LAST))
+            del snapshot
+        if last_step:
+            break
+
+        micro = [train_batches.sample() for _ in range(accum)]
+        loss = optimizer_step(model, optimizer, micro, ctx, scaler, cfg.grad_clip, ddp.sync)
+        if master:
+            pending.append((step, loss))
+        steps_timed += 1
+        if master and ((step + 1) % cfg.log_interval == 0 or step + 1 == cfg.max_iters):
+            check_losses()  # the only host sync outside evaluation
+            now = time.perf_counter()
+            ms = (now - t_last) * 1000 / steps_timed
+            t_last, steps_timed = now, 0
+            recent_ms = (recent_ms + [ms])[-10:]
+            tok_s = tokens_per_step / (ms / 1000)
+            util = mfu(tok_s, flops_tok, peak)
+            eta = (cfg.max_iters - step - 1) * sum(recent_ms) / len(recent_ms) / 1000
+            print(f"iter {step + 1}/{cfg.max_iters}: loss {losses[step]:.4f}, {ms:.1f} ms/iter, {tok_s:,.0f} tok/s"
+                  f"{f', mfu {100 * util:.1f}%' if util is not None else ''}, eta {eta:.0f}s")
+            log.write(iter=step + 1, loss=losses[step], lr=lr, ms_per_iter=ms, tokens_per_sec=tok_s, mfu=util,
+                      elapsed=now - t_start)
+
+    if master:
+        check_losses()
+        print(f"done: best val loss {best_val_loss:.4f}; checkpoints in {cfg.out_dir}")
+    ddp.cleanup()
+    return {"losses": [losses[k] for k in sorted(losses)], "best_val_loss": best_val_loss}
+
+
+def run_eval_only(cfg, meta, splits, device, ctx):
+    """--eval_only: the whole val split, every window once, so the figure is repeatable."""
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, BEST), device)
+    model = build_model(GPTConfig(**ckpt["model_config"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    loss = evaluate_split(model, splits["val"], model.config.block_size, cfg.batch_size, device, ctx)
+    figures = loss_figures(loss, meta["tokenizer"], bytes_per_token(meta))
+    print(f"val loss {format_figures(figures)} over {len(splits['val']):,} tokens of {cfg.dataset}")
+    return figures
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return None
+    cfg, model_cfg = load_settings(argv)
+    return train(cfg, model_cfg)
+
+
+if __name__ == "__main__":
+    run_main(main)
