@@ -58,6 +58,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.head_size = config.n_embd // config.n_head
         self.causal = config.causal
+        self.window = config.block_size  # how far back a query may look
         self.explicit = config.attention == "explicit"
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
@@ -76,6 +77,9 @@ class CausalSelfAttention(nn.Module):
         mask, is_causal = None, self.causal
         if cache is not None:
             k, v, mask, is_causal = cache.update(layer, k, v)  # k, v: (B, nh, S, hs)
+        elif self.causal and T > self.window:  # only rope models get here: attend to the last `window` positions
+            i = torch.arange(T, device=x.device)
+            mask, is_causal = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - self.window), False
         if self.explicit:
             y = self._explicit_attention(q, k, v, mask, is_causal)
         else:
@@ -168,7 +172,12 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean loss if targets are given."""
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean loss if targets are given.
+
+        Absolute positions stop at block_size. With rope, longer sequences work: each
+        position attends to the block_size positions up to itself (sliding-window
+        attention), which is exactly what a sliding KV cache computes.
+        """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if self.config.pos_encoding != "rope" and start + T > self.config.block_size:

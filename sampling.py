@@ -40,19 +40,29 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 
 
 def window_start(model, start, length):
-    """First position of the context the model sees when `length` tokens exist.
+    """First token the model is given when `length` tokens exist and the last window began at `start`.
 
-    With rotary positions the window slides one token at a time (the cache slides
-    with it). With absolute positions, a full window drops its oldest quarter at
-    once and is re-encoded from scratch: re-encoding is a whole forward pass, so
-    sliding one token per step would cost as much as not caching at all.
+    Absolute positions stop at block_size: when the window is full, it drops its
+    oldest quarter at once and is re-encoded from scratch. Re-encoding is a whole
+    forward pass, so sliding one token per step would cost as much as no cache.
+    Rotary models never re-encode: they attend over a sliding window of
+    block_size positions (see GPT.forward), and the cache slides with it.
     """
     block = model.config.block_size
-    if length - start <= block:
+    if model.config.pos_encoding == "rope" or length - start <= block:
         return start
-    if model.config.pos_encoding == "rope" or model.config.arch == "bigram":
-        return length - block
+    if model.config.arch == "bigram":
+        return length - 1  # it sees one token anyway
     return length - (3 * block) // 4
+
+
+def prefill(model, tokens, cache):
+    """Logits for the prompt, filling the cache; long rotary prompts go in window-sized chunks."""
+    if cache is None or tokens.size(1) <= model.config.block_size:
+        return model(tokens, cache=cache)[0]
+    step = model.config.block_size
+    chunks = [model(tokens[:, i:i + step], cache=cache)[0] for i in range(0, tokens.size(1), step)]
+    return torch.cat(chunks, dim=1)
 
 
 @torch.no_grad()
@@ -62,7 +72,7 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     tokens = idx
     start = window_start(model, 0, tokens.size(1))
     cache = model.new_cache(idx.size(0)) if use_cache else None
-    logits, _ = model(tokens[:, start:], cache=cache)
+    logits = prefill(model, tokens[:, start:], cache)
     for _ in range(max_new_tokens):
         next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
         yield next_token

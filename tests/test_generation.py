@@ -1,0 +1,111 @@
+"""KV cache and sampling controls: the cached path must give exactly what recomputation gives."""
+import torch
+import pytest
+
+from model import GPT, GPTConfig
+from sampling import filter_top_k, filter_top_p, generate_tokens, sample_next
+
+
+def tiny_model(pos_encoding="learned", seed=0):
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=32, block_size=16, pos_encoding=pos_encoding)
+    return GPT(config).eval()
+
+
+def generate(model, prompt, n, use_cache, **kw):
+    return torch.cat(list(generate_tokens(model, prompt, n, use_cache=use_cache, **kw)), dim=1)
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope"])
+def test_greedy_with_and_without_cache_identical_past_context(pos_encoding):
+    model = tiny_model(pos_encoding)
+    prompt = torch.randint(0, 65, (2, 5))
+    n = 60  # well past block_size 16: the window slides several times
+    assert torch.equal(generate(model, prompt, n, True, temperature=0), generate(model, prompt, n, False, temperature=0))
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope"])
+def test_seeded_sampling_with_and_without_cache_identical(pos_encoding):
+    model = tiny_model(pos_encoding)
+    prompt = torch.randint(0, 65, (3, 4))
+    kw = dict(temperature=1.0, top_k=20, top_p=0.95)
+    a = generate(model, prompt, 50, True, generator=torch.Generator().manual_seed(7), **kw)
+    b = generate(model, prompt, 50, False, generator=torch.Generator().manual_seed(7), **kw)
+    assert torch.equal(a, b)
+    c = generate(model, prompt, 50, True, generator=torch.Generator().manual_seed(8), **kw)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope"])
+def test_cached_logits_match_uncached(pos_encoding):
+    model = tiny_model(pos_encoding)
+    idx = torch.randint(0, 65, (2, 16))
+    full, _ = model(idx)
+    cache = model.new_cache(2)
+    steps = [model(idx[:, :6], cache=cache)[0]]  # a prefill of 6, then one token at a time
+    for t in range(6, 16):
+        steps.append(model(idx[:, t:t + 1], cache=cache)[0])
+    cached = torch.cat(steps, dim=1)
+    assert (cached - full).abs().max().item() < 1e-5
+
+
+def test_rope_cache_slides_past_context_without_reencoding():
+    model = tiny_model("rope")
+    block = model.config.block_size
+    idx = torch.randint(0, 65, (1, 3 * block))
+    cache = model.new_cache(1)
+    logits, _ = model(idx[:, :1], cache=cache)
+    for t in range(1, 3 * block):
+        logits, _ = model(idx[:, t:t + 1], cache=cache)  # always one token: no re-encoding
+    full, _ = model(idx)  # the whole sequence at once, under the sliding-window mask
+    assert (logits[:, -1] - full[:, -1]).abs().max().item() < 1e-5
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    kept = torch.isfinite(filter_top_p(logits, 0.8))
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reaches 0.8
+    kept = torch.isfinite(filter_top_p(logits, 0.81))
+    assert kept.tolist() == [[True, True, True, False]]
+    kept = torch.isfinite(filter_top_p(logits[:, [2, 0, 3, 1]], 0.5))  # order in the vocabulary does not matter
+    assert kept.tolist() == [[False, True, False, False]]
+
+
+def test_top_p_never_drops_the_top_token():
+    logits = torch.tensor([[5.0, 1.0, 0.0], [0.0, 0.0, 9.0]])
+    kept = torch.isfinite(filter_top_p(logits, 1e-6))
+    assert kept.tolist() == [[True, False, False], [False, False, True]]
+
+
+def test_top_k():
+    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0]])
+    assert torch.isfinite(filter_top_k(logits, 2)).tolist() == [[False, True, True, False]]
+
+
+def test_temperature_zero_is_greedy_and_deterministic():
+    logits = torch.randn(4, 65)
+    assert torch.equal(sample_next(logits, temperature=0), logits.argmax(-1, keepdim=True))
+    model = tiny_model()
+    prompt = torch.randint(0, 65, (1, 3))
+    assert torch.equal(generate(model, prompt, 30, True, temperature=0), generate(model, prompt, 30, True, temperature=0))
+
+
+def test_num_samples_are_one_batch_and_differ():
+    model = tiny_model()
+    out = generate(model, torch.zeros(4, 1, dtype=torch.long), 30, True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (4, 30)
+    assert len({tuple(row.tolist()) for row in out}) > 1
+
+
+def test_model_generate_appends_tokens():
+    model = tiny_model()
+    idx = torch.zeros(2, 3, dtype=torch.long)
+    out = model.generate(idx, 40, temperature=0)
+    assert out.shape == (2, 43) and torch.equal(out[:, :3], idx)
+
+
+def test_rope_prompt_longer_than_context():
+    model = tiny_model("rope")
+    prompt = torch.randint(0, 65, (1, 40))  # 2.5 windows: prefilled in chunks
+    assert torch.equal(generate(model, prompt, 20, True, temperature=0), generate(model, prompt, 20, False, temperature=0))
