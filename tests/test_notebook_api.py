@@ -12,7 +12,7 @@ from conftest import ROOT, TINY_TEXT
 
 
 def tiny_generator():
-    tokenizer = CharTokenizer.from_text(TINY_TEXT)
+    tokenizer = CharTokenizer.from_text(TINY_TEXT + "ROMEO:")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=16)).eval()
     return Generator(model, tokenizer, torch.device("cpu"))
