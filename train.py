@@ -245,7 +245,7 @@ def train(cfg, model_cfg):
     log = MetricsLog(cfg.out_dir) if master else None
     bpt = bytes_per_token(meta)
     if master:
-        print(f"{raw_model.num_params() / 1e6:.2f}M parameters; device {device}, {str(dtype).removeprefix('torch.')}"
+        print(f"{raw_model.num_params():,} parameters; device {device}, {str(dtype).removeprefix('torch.')}"
               f"{', compiled' if cfg.compile else ''}; {tokens_per_step:,} tokens per step"
               f"{f' across {ddp.world_size} processes' if ddp.world_size > 1 else ''}")
         if cfg.wandb_log:
