@@ -1,9 +1,17 @@
-"""What training reports: loss in comparable units, and a metrics log of JSON lines."""
+"""What training reports: loss in comparable units, and a metrics log of JSON lines.
+
+out_dir/metrics.jsonl gets one JSON object per line, each with a "kind":
+"train" (every log_interval steps), "eval" (every eval_interval steps) or
+"resume" (where a resumed run picked up). `python plot.py OUT_DIR` draws it.
+"""
 import json
 import math
 import os
 
+from errors import UserError
+
 LN2 = math.log(2)
+METRICS_FILE = "metrics.jsonl"
 
 
 def loss_figures(loss, tokenizer_kind, bytes_per_token=None):
@@ -32,14 +40,23 @@ def format_figures(figures):
 
 
 class MetricsLog:
-    """One JSON object per line in out_dir/metrics.jsonl, appended across resumes."""
+    """One JSON object per line in out_dir/metrics.jsonl, appended across resumes.
 
-    def __init__(self, out_dir, filename="metrics.jsonl"):
+    With a wandb module (see start_wandb), each record is also sent there, its
+    fields prefixed by its kind ("eval/val_loss"), at step = its iteration.
+    """
+
+    def __init__(self, out_dir, wandb=None, filename=METRICS_FILE):
         self.path = os.path.join(out_dir, filename)
+        self.wandb = wandb
 
-    def write(self, **record):
+    def write(self, kind, **fields):
+        record = {"kind": kind, **fields}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({f"{kind}/{k}": v for k, v in fields.items() if v is not None and k != "iter"},
+                           step=fields["iter"])
 
 
 def read_metrics(path):
@@ -52,3 +69,29 @@ def read_metrics(path):
             except json.JSONDecodeError:
                 continue
     return records
+
+
+def current_records(records):
+    """The records of the run as it stands now, without the ones a resume superseded.
+
+    A run stopped after its last checkpoint has records past it; resuming from
+    the checkpoint at iteration N redoes those steps, so a "resume" record at N
+    drops the earlier records beyond N.
+    """
+    kept = []
+    for record in records:
+        if record.get("kind") == "resume":
+            kept = [r for r in kept if r.get("iter", 0) <= record["iter"]]
+        kept.append(record)
+    return kept
+
+
+def start_wandb(project, run_name, config):
+    """Import and start Weights & Biases (only called when wandb_log is on)."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("wandb_log is on but wandb is not installed; pip install wandb (then wandb login), "
+                        "or leave --wandb_log off") from None
+    wandb.init(project=project, name=run_name, config=config)
+    return wandb

@@ -5,7 +5,8 @@
     python prepare.py --tokenizer gpt2                 # GPT-2 BPE -> data/shakespeare/
 
 Writes data/NAME/train.bin and val.bin (the first 90% and last 10% of the tokens,
-uint16, or uint32 when the vocabulary needs it) and meta.json (the tokenizer).
+uint16, or uint32 when the vocabulary needs it) and meta.json (the tokenizer, the
+token counts, and val_bytes: the UTF-8 bytes of the val split, for bits per byte).
 Reads and encodes in chunks, so a file of any size fits in bounded memory.
 """
 import argparse
@@ -118,6 +119,17 @@ def split_tokens(all_path, n, dtype, out_dir):
     return n_train, n_val
 
 
+def count_bytes(path, dtype, tokenizer, chunk=1024 * 1024):
+    """The UTF-8 bytes a token file decodes to, a chunk of tokens at a time (bounded memory).
+
+    Both tokenizers decode token by token to whole bytes, so chunk edges cannot change the count.
+    """
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    n = sum(len(tokenizer.decode_bytes(tokens[i:i + chunk].tolist())) for i in range(0, len(tokens), chunk))
+    del tokens
+    return n
+
+
 def prepare(input_path, name, tokenizer_kind, data_root="data"):
     out_dir = os.path.join(data_root, name)
     os.makedirs(out_dir, exist_ok=True)
@@ -143,7 +155,10 @@ def prepare(input_path, name, tokenizer_kind, data_root="data"):
     # Only now replace the old files, so a failure above leaves a previous dataset intact.
     for split in ("train", "val"):
         os.replace(os.path.join(out_dir, f"{split}.bin.tmp"), os.path.join(out_dir, f"{split}.bin"))
-    meta = dict(tokenizer.to_meta(), dtype=np.dtype(dtype).name, train_tokens=n_train, val_tokens=n_val)
+    # val_bytes / val_tokens turns a loss per token into bits per byte, comparable across tokenizers.
+    val_bytes = count_bytes(os.path.join(out_dir, "val.bin"), dtype, tokenizer)
+    meta = dict(tokenizer.to_meta(), dtype=np.dtype(dtype).name, train_tokens=n_train, val_tokens=n_val,
+                val_bytes=val_bytes)
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, ensure_ascii=False)
     print(f"{input_path}: {os.path.getsize(input_path):,} bytes -> {n:,} {tokenizer_kind} tokens, "

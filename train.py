@@ -16,14 +16,16 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import distributed
 from checkpoint import (BEST, LAST, check_writable, load_checkpoint, rng_state, save_checkpoint,
                         set_rng_state)
 from device import autocast, pick_device, pick_dtype
 from errors import UserError, run_main
-from metrics import MetricsLog, format_figures, loss_figures
+from metrics import MetricsLog, format_figures, loss_figures, start_wandb
 from model import GPTConfig, build_model
+from plot import TrainingPlot
 from settings import help_text, load_settings
 from throughput import flops_per_token, mfu, peak_flops
 from tokenizer import load_tokenizer
@@ -98,20 +100,29 @@ def estimate_loss(model, batches, eval_iters, ctx):
 
 @torch.no_grad()
 def evaluate_split(model, data, block_size, batch_size, device, ctx):
-    """Mean loss over every token of a split, in consecutive windows: the same figure every time."""
+    """Mean loss over every next-token target of a split, each scored once: the same figure every time.
+
+    Consecutive windows of block_size targets; the tail too short for a window is
+    scored in one last window ending at the split's end, counting only its new targets.
+    """
     model.eval()
-    total, count = 0.0, 0
-    n_windows = (len(data) - 1) // block_size
-    for first in range(0, n_windows, batch_size):
-        rows = range(first, min(first + batch_size, n_windows))
-        windows = np.stack([data[r * block_size:(r + 1) * block_size + 1] for r in rows]).astype(np.int64)
-        windows = torch.from_numpy(windows).to(device)
+    T = block_size
+    n_targets = len(data) - 1
+    starts = list(range(0, n_targets - T + 1, T))
+    tail = n_targets - len(starts) * T
+    if tail:
+        starts.append(n_targets - T)
+    total = 0.0
+    for first in range(0, len(starts), batch_size):
+        rows = starts[first:first + batch_size]
+        windows = torch.from_numpy(np.stack([data[s:s + T + 1] for s in rows]).astype(np.int64)).to(device)
         with ctx:
-            _, loss = model(windows[:, :-1], windows[:, 1:])
-        n = windows[:, 1:].numel()
-        total += loss.item() * n
-        count += n
-    return total / count
+            logits, _ = model(windows[:, :-1])
+        losses = F.cross_entropy(logits.float().transpose(1, 2), windows[:, 1:], reduction="none")  # (B, T)
+        if tail and first + len(rows) == len(starts):
+            losses[-1, :T - tail] = 0.0  # targets the previous window already scored
+        total += losses.sum().item()
+    return total / n_targets
 
 
 def optimizer_step(model, optimizer, micro_batches, ctx, scaler, grad_clip, sync=None):
@@ -146,6 +157,12 @@ def bytes_per_token(meta):
     return None
 
 
+def check_vocabulary(state, meta, cfg, doing):
+    if state["tokenizer"] != {k: meta.get(k) for k in state["tokenizer"]}:
+        raise UserError(f"dataset {cfg.dataset} has a different vocabulary from the checkpoint in {cfg.out_dir}; "
+                        f"{doing} on the dataset it was trained on")
+
+
 def init_model(cfg, model_cfg, meta, device):
     """Build the model (and the checkpoint to resume from, if any) as init_from says."""
     if cfg.init_from == "scratch":
@@ -160,9 +177,7 @@ def init_model(cfg, model_cfg, meta, device):
             diffs = ", ".join(f"{k} {getattr(saved, k)!r} -> {getattr(model_cfg, k)!r}" for k in changed)
             raise UserError(f"cannot resume with a different model shape ({diffs}); "
                             "use the settings of the saved run, or a new out_dir")
-        if state["tokenizer"] != {k: meta[k] for k in state["tokenizer"]}:
-            raise UserError(f"dataset {cfg.dataset} has a different vocabulary from the checkpoint in {cfg.out_dir}; "
-                            "resume on the dataset it was trained on")
+        check_vocabulary(state, meta, cfg, "resume")
         model_cfg = replace(saved, **{k: getattr(model_cfg, k) for k in RESUMABLE_MODEL_KEYS})
         model = build_model(model_cfg).to(device)
         model.load_state_dict(state["model"])
@@ -219,10 +234,14 @@ def train(cfg, model_cfg):
     train_batches = Batches(splits["train"], model_cfg.block_size, cfg.batch_size, device, train_gen)
     eval_batches = {s: Batches(splits[s], model_cfg.block_size, cfg.batch_size, device, eval_gen) for s in splits}
 
+    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
     start_step, best_val_loss = 0, float("inf")
+    tokens_seen, elapsed_before = 0, 0.0  # both carry on across resumes, for the metrics log
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         start_step, best_val_loss = state["iter_num"], state["best_val_loss"]
+        tokens_seen = state.get("tokens", start_step * tokens_per_step)
+        elapsed_before = state.get("elapsed", 0.0)
         rng = state["rng"][ddp.rank] if ddp.rank < len(state["rng"]) else state["rng"][0]
         set_rng_state(rng["global"])
         train_gen.set_state(rng["train"])
@@ -239,18 +258,20 @@ def train(cfg, model_cfg):
         model = torch.compile(model)
     model = ddp.wrap(model)
 
-    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
     flops_tok = flops_per_token(model_cfg, raw_model.num_params())
     peak = peak_flops(device, dtype) if master else None
-    log = MetricsLog(cfg.out_dir) if master else None
     bpt = bytes_per_token(meta)
+    log = plot = None
     if master:
         print(f"{raw_model.num_params():,} parameters; device {device}, {str(dtype).removeprefix('torch.')}"
               f"{', compiled' if cfg.compile else ''}; {tokens_per_step:,} tokens per step"
               f"{f' across {ddp.world_size} processes' if ddp.world_size > 1 else ''}")
-        if cfg.wandb_log:
-            import wandb
-            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg) | asdict(model_cfg))
+        wandb = start_wandb(cfg.wandb_project, cfg.wandb_run_name, asdict(cfg) | asdict(model_cfg)) \
+            if cfg.wandb_log else None
+        log = MetricsLog(cfg.out_dir, wandb)
+        plot = TrainingPlot(cfg.out_dir, log.path)
+        if start_step:
+            log.write("resume", iter=start_step, tokens=tokens_seen, elapsed=elapsed_before)
 
     def training_state(step):
         """Everything --init_from=resume needs to continue exactly from `step`."""
@@ -258,13 +279,19 @@ def train(cfg, model_cfg):
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "model_config": asdict(model_cfg), "train_config": asdict(cfg), "tokenizer": tokenizer_meta,
                 "iter_num": step, "best_val_loss": best_val_loss, "rng": ddp.gather(rng),
+                "tokens": tokens_seen, "elapsed": elapsed(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None}
 
     t_start = time.perf_counter()
+
+    def elapsed():
+        """Seconds of training since iteration 0, summed over resumes (as far as the checkpoint)."""
+        return elapsed_before + time.perf_counter() - t_start
+
     pending = []  # (step, loss tensor) not yet checked: reading a loss forces a device sync
     losses = {}
     t_last, steps_timed = time.perf_counter(), 0
-    recent_ms = []
+    recent_ms, pause_s = [], 0.0  # pause_s: how long the latest evaluation and save took
 
     def check_losses():
         for step_done, loss in pending:
@@ -281,17 +308,18 @@ def train(cfg, model_cfg):
         for group in optimizer.param_groups:
             group["lr"] = lr
         just_resumed = step == start_step and start_step > 0  # its eval and save happened before the stop
+        t_pause = time.perf_counter()
+        evaluating = master and not just_resumed and (step % cfg.eval_interval == 0 or last_step)
 
-        if master and not just_resumed and (step % cfg.eval_interval == 0 or last_step):
+        if evaluating:
             check_losses()
             split_losses = estimate_loss(model, eval_batches, cfg.eval_iters, ctx)
             val = loss_figures(split_losses["val"], meta["tokenizer"], bpt)
             print(f"step {step}: train loss {split_losses['train']:.4f}, val loss {format_figures(val)}")
-            log.write(iter=step, tokens=step * tokens_per_step, train_loss=split_losses["train"],
+            log.write("eval", iter=step, tokens=tokens_seen, train_loss=split_losses["train"],
                       val_loss=split_losses["val"], **{f"val_{k}": v for k, v in val.items() if k != "loss"},
-                      lr=lr, elapsed=time.perf_counter() - t_start)
-            if cfg.wandb_log:
-                wandb.log({"iter": step, "train/loss": split_losses["train"], "val/loss": split_losses["val"], "lr": lr})
+                      lr=lr, elapsed=elapsed())
+            plot.update(final=last_step)
             if split_losses["val"] < best_val_loss:
                 best_val_loss = split_losses["val"]
                 save_checkpoint({"model": raw_model.state_dict(), "model_config": asdict(model_cfg),
@@ -304,6 +332,9 @@ def train(cfg, model_cfg):
             if master:
                 save_checkpoint(snapshot, os.path.join(cfg.out_dir, LAST))
             del snapshot
+        paused = time.perf_counter() - t_pause
+        t_last += paused  # evaluation and saving stay out of ms/iter
+        pause_s = paused if evaluating else pause_s
         if last_step:
             break
 
@@ -312,6 +343,7 @@ def train(cfg, model_cfg):
         if master:
             pending.append((step, loss))
         steps_timed += 1
+        tokens_seen += tokens_per_step
         if master and ((step + 1) % cfg.log_interval == 0 or step + 1 == cfg.max_iters):
             check_losses()  # the only host sync outside evaluation
             now = time.perf_counter()
@@ -320,11 +352,13 @@ def train(cfg, model_cfg):
             recent_ms = (recent_ms + [ms])[-10:]
             tok_s = tokens_per_step / (ms / 1000)
             util = mfu(tok_s, flops_tok, peak)
-            eta = (cfg.max_iters - step - 1) * sum(recent_ms) / len(recent_ms) / 1000
+            evals_left = cfg.max_iters // cfg.eval_interval - step // cfg.eval_interval \
+                + (cfg.max_iters % cfg.eval_interval != 0)
+            eta = (cfg.max_iters - step - 1) * sum(recent_ms) / len(recent_ms) / 1000 + evals_left * pause_s
             print(f"iter {step + 1}/{cfg.max_iters}: loss {losses[step]:.4f}, {ms:.1f} ms/iter, {tok_s:,.0f} tok/s"
                   f"{f', mfu {100 * util:.1f}%' if util is not None else ''}, eta {eta:.0f}s")
-            log.write(iter=step + 1, loss=losses[step], lr=lr, ms_per_iter=ms, tokens_per_sec=tok_s, mfu=util,
-                      elapsed=now - t_start)
+            log.write("train", iter=step + 1, tokens=tokens_seen, loss=losses[step], lr=lr, ms_per_iter=ms,
+                      tokens_per_sec=tok_s, mfu=util, elapsed=elapsed())
 
     if master:
         check_losses()
@@ -334,13 +368,20 @@ def train(cfg, model_cfg):
 
 
 def run_eval_only(cfg, meta, splits, device, ctx):
-    """--eval_only: the whole val split, every window once, so the figure is repeatable."""
-    ckpt = load_checkpoint(os.path.join(cfg.out_dir, BEST), device)
+    """--eval_only: the whole val split, every target once, so the figure is repeatable."""
+    path = os.path.join(cfg.out_dir, BEST)
+    ckpt = load_checkpoint(path, device)
+    check_vocabulary(ckpt, meta, cfg, "evaluate")
     model = build_model(GPTConfig(**ckpt["model_config"])).to(device)
     model.load_state_dict(ckpt["model"])
-    loss = evaluate_split(model, splits["val"], model.config.block_size, cfg.batch_size, device, ctx)
+    block_size, val = model.config.block_size, splits["val"]
+    if len(val) <= block_size:
+        raise UserError(f"the val split of {cfg.dataset} has {len(val)} tokens, too few for the checkpoint's "
+                        f"block_size {block_size}; evaluate on a dataset with a longer val split")
+    loss = evaluate_split(model, val, block_size, cfg.batch_size, device, ctx)
     figures = loss_figures(loss, meta["tokenizer"], bytes_per_token(meta))
-    print(f"val loss {format_figures(figures)} over {len(splits['val']):,} tokens of {cfg.dataset}")
+    print(f"val loss {format_figures(figures)} over all {len(val) - 1:,} targets of {cfg.dataset} "
+          f"({path}, iteration {ckpt.get('iter_num', '?')})")
     return figures
 
 
