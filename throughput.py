@@ -4,11 +4,13 @@ import time
 import torch
 
 # Dense bf16/fp16 tensor-core peaks (no sparsity), from the vendors' data sheets, FLOP/s.
-GPU_PEAK_FLOPS = {
-    "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 756e12,
-    "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
-}
+# Matched in order against torch.cuda.get_device_name, so more specific names come first:
+# an H100 SXM reports itself as "NVIDIA H100 80GB HBM3", a PCIe card as "NVIDIA H100 PCIe".
+GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12),
+    ("A100", 312e12), ("A10G", 125e12), ("A10", 125e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
+    ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+]
 
 
 def flops_per_token(config, n_params):
@@ -42,14 +44,17 @@ def measure_cpu_peak(dtype, size=1024, repeats=5):
     return _cpu_peak_cache[dtype]
 
 
+def gpu_peak_flops(name):
+    """The bf16 peak of a GPU by its name, or None for a GPU not in the table."""
+    return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), None)
+
+
 def peak_flops(device, dtype):
     """The device's peak FLOP/s in `dtype`, or None where it is not known."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, flops in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return flops if dtype != torch.float32 else None  # fp32 peaks depend on TF32 settings
-        return None
+        if dtype == torch.float32:
+            return None  # fp32 peaks depend on TF32 settings
+        return gpu_peak_flops(torch.cuda.get_device_name(device))
     if device.type == "cpu":
         return measure_cpu_peak(dtype)
     return None

@@ -26,6 +26,10 @@ from sampling import generate_tokens  # noqa: E402
 from tokenizer import CharTokenizer  # noqa: E402
 
 
+# Tiny Shakespeare's 65 characters, so sample.py's default prompt (a newline) is in the vocabulary.
+SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
 def tokens_per_second(model, new_tokens, use_cache):
     prompt = torch.zeros(1, 1, dtype=torch.long)
     t0 = time.perf_counter()
@@ -61,7 +65,7 @@ def main():
     p.add_argument("--block_size", type=int, default=256)
     p.add_argument("--process", action="store_true", help="also time whole sample.py processes")
     args = p.parse_args()
-    tokenizer = CharTokenizer.from_text("".join(chr(c) for c in range(32, 97)))  # 65 characters
+    tokenizer = CharTokenizer.from_text(SHAKESPEARE_CHARS)
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd, block_size=args.block_size)

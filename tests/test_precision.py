@@ -1,0 +1,87 @@
+"""Mixed precision per device, and the throughput arithmetic: what dtype each device gets, and MFU."""
+import math
+
+import pytest
+import torch
+
+import device as device_module
+from device import autocast, pick_dtype
+from errors import UserError
+from model import GPT, GPTConfig
+from throughput import flops_per_token, gpu_peak_flops, mfu
+from train import optimizer_step
+
+CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+
+
+def test_cuda_gets_bf16_where_supported_else_fp16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_dtype("auto", CUDA) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert pick_dtype("auto", CUDA) == torch.float16
+
+
+def test_cpu_gets_bf16_only_with_native_bf16_matmul(monkeypatch):
+    monkeypatch.setattr(device_module, "cpu_has_bf16_matmul", lambda: True)
+    assert pick_dtype("auto", CPU) == torch.bfloat16
+    monkeypatch.setattr(device_module, "cpu_has_bf16_matmul", lambda: False)
+    assert pick_dtype("auto", CPU) == torch.float32
+
+
+def test_mps_trains_in_fp32_and_explicit_names_win():
+    assert pick_dtype("auto", MPS) == torch.float32
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        assert pick_dtype(name, CPU) == dtype and pick_dtype(name, CUDA) == dtype
+    with pytest.raises(UserError, match="unknown dtype"):
+        pick_dtype("fp8", CPU)
+
+
+def test_autocast_runs_matmuls_in_the_chosen_dtype():
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    with autocast(CPU, torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+    with autocast(CPU, torch.float32):
+        assert (a @ b).dtype == torch.float32
+
+
+def train_losses(dtype, steps=30):
+    """Losses of `steps` optimizer steps on one fixed batch, from the same initial weights."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=64, block_size=32))
+    optimizer = model.configure_optimizer(3e-3, 0.1, (0.9, 0.99))
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+    batch = torch.randint(0, 65, (4, 33), generator=torch.Generator().manual_seed(1))
+    micro = [(batch[:, :-1], batch[:, 1:])]
+    return [optimizer_step(model, optimizer, micro, autocast(CPU, dtype), scaler, 1.0).item() for _ in range(steps)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_mixed_precision_step_lowers_the_loss_like_fp32(dtype):
+    fp32, mixed = train_losses(torch.float32), train_losses(dtype)
+    assert all(math.isfinite(x) for x in mixed)
+    assert abs(mixed[0] - fp32[0]) < 0.05  # the same model and batch: only rounding differs
+    assert mixed[-1] < mixed[0] - 1.0 and fp32[-1] < fp32[0] - 1.0  # both learn the batch
+    assert abs(mixed[-1] - fp32[-1]) < 0.25 * fp32[0]
+
+
+def test_flops_per_token_of_gpt2_small():
+    config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    with torch.device("meta"):  # shapes only: no memory, no time
+        n = GPT(config).num_params()
+    assert n == 124_439_808 - 1024 * 768  # GPT-2 small (124.4M) without its position table
+    # 6N for the weights plus 12 * layers * width * context for attention: 741.9M + 113.2M
+    assert flops_per_token(config, n) == 6 * n + 12 * 12 * 768 * 1024 == 855_166_464
+
+
+def test_mfu_is_achieved_flops_over_peak():
+    # 10,000 tokens/s at 1e9 FLOPs each is 1e13 FLOP/s: 5% of a 2e14 peak.
+    assert mfu(10_000, 1e9, 2e14) == pytest.approx(0.05)
+    assert mfu(10_000, 1e9, None) is None
+
+
+def test_gpu_peaks_match_the_names_cards_report():
+    assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12  # SXM
+    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+    assert gpu_peak_flops("NVIDIA L40S") == 362e12 and gpu_peak_flops("NVIDIA L4") == 121e12
+    assert gpu_peak_flops("Some Future GPU") is None
