@@ -14,7 +14,6 @@ raw bytes of the tensors.
 import json
 import math
 import os
-import shutil
 import struct
 import sys
 import urllib.request
@@ -25,6 +24,7 @@ import torch
 
 from errors import UserError
 from model import GPT, GPTConfig
+from prepare import Progress
 
 # The four sizes OpenAI released (Radford et al. 2019), by their Hugging Face names.
 GPT2_SIZES = {
@@ -68,10 +68,14 @@ def download(name):
         url = HUB_URL.format(name=name, file=file)
         print(f"downloading {url} to {folder}", file=sys.stderr)
         tmp = f"{path}.part{os.getpid()}"
+        progress = None
         try:
             os.makedirs(folder, exist_ok=True)
             with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-                shutil.copyfileobj(response, f, 1 << 20)
+                progress = Progress(int(response.headers.get("Content-Length") or 0), file)
+                while block := response.read(1 << 20):
+                    f.write(block)
+                    progress.advance(len(block))
             os.replace(tmp, path)
         except OSError as e:  # URLError, HTTPError, timeouts, a full disk
             if os.path.exists(tmp):
@@ -79,6 +83,9 @@ def download(name):
             raise UserError(f"could not download {url} ({getattr(e, 'reason', None) or e}); offline, copy "
                             f"model.safetensors and config.json of {name} into a folder and pass "
                             f"--init_from=PATH/TO/FOLDER") from None
+        finally:
+            if progress is not None:
+                progress.close()  # ends the progress line, so an error starts on a line of its own
     return folder
 
 
