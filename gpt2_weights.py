@@ -202,23 +202,26 @@ def config_from_shapes(tensors, path):
 def load_weights(model, path, tensors, data_start):
     """Copy every tensor of the file into the model's parameters, one tensor in memory at a time."""
     params = dict(model.named_parameters())  # the tied lm_head shares wte.weight, listed once
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start)
     filled = set()
-    for hf_name, (dtype, shape, begin, end) in tensors.items():
-        name = our_name(hf_name)
-        if name is None:
-            continue
-        if name not in params:
-            raise UserError(f"{path} has a tensor {hf_name} that GPT-2 does not; is it a GPT-2 model?")
-        # Raw little-endian bytes, as safetensors stores them and x86 and ARM read them.
-        t = torch.from_numpy(np.array(data[begin:end])).view(dtype).reshape(shape)
-        if name.endswith(CONV1D_WEIGHTS):
-            t = t.t()
-        if t.shape != params[name].shape:
-            raise UserError(f"{path}: {hf_name} has shape {tuple(t.shape)} but the config gives "
-                            f"{tuple(params[name].shape)}; use the config.json that came with the weights")
-        params[name].copy_(t)
-        filled.add(name)
+    with open(path, "rb") as f:
+        for hf_name, (dtype, shape, begin, end) in tensors.items():
+            name = our_name(hf_name)
+            if name is None:
+                continue
+            if name not in params:
+                raise UserError(f"{path} has a tensor {hf_name} that GPT-2 does not; is it a GPT-2 model?")
+            raw = bytearray(end - begin)
+            f.seek(data_start + begin)
+            f.readinto(raw)
+            # Little-endian bytes, as safetensors stores them and x86 and ARM read them.
+            t = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8)).view(dtype).reshape(shape)
+            if name.endswith(CONV1D_WEIGHTS):
+                t = t.t()
+            if t.shape != params[name].shape:
+                raise UserError(f"{path}: {hf_name} has shape {tuple(t.shape)} but the config gives "
+                                f"{tuple(params[name].shape)}; use the config.json that came with the weights")
+            params[name].copy_(t)
+            filled.add(name)
     missing = sorted(set(params) - filled)
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
