@@ -3,6 +3,7 @@
     from generate import load
     gpt = load("out-shakespeare-char")
     print(gpt("ROMEO:", max_new_tokens=200))
+    gpt2 = load("gpt2")                  # OpenAI's GPT-2 weights, or a local model.safetensors
 
 `gpt.stream(prompt)` yields text as it is produced; sample.py is built on it.
 """
@@ -10,7 +11,10 @@ import torch
 
 from checkpoint import load_model
 from device import pick_device
+from errors import UserError
+from gpt2_weights import is_gpt2_source, load_pretrained
 from sampling import generate_tokens
+from tokenizer import GPT2Tokenizer
 
 
 def _valid_utf8_prefix(data):
@@ -39,8 +43,8 @@ class Generator:
         stops = [s for s in ([stop] if isinstance(stop, str) else stop or []) if s]
         hold = max((len(s) for s in stops), default=1) - 1
         ids = self.tokenizer.encode(prompt) if prompt else []
-        if not ids:
-            ids = [0]  # an empty prompt starts from token 0 (newline for character models)
+        if not ids:  # start from GPT-2's <|endoftext|>, or token 0 (newline for character models)
+            ids = [getattr(self.tokenizer, "eot_token", 0)]
         idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=self.device)
         generator = None
         if seed is not None:
@@ -83,7 +87,15 @@ class Generator:
 
 
 def load(path="out-shakespeare-char", device="auto"):
-    """A Generator for the checkpoint at path (an out_dir or a .pt file), on the best device."""
+    """A Generator on the best device for a trained checkpoint (an out_dir or a .pt file)
+    or for GPT-2's weights (gpt2 ... gpt2-xl, a model.safetensors file or a folder holding one)."""
     device = pick_device(device)
-    model, tokenizer, _ = load_model(path, device)
+    if not is_gpt2_source(path):
+        model, tokenizer, _ = load_model(path, device)
+        return Generator(model, tokenizer, device)
+    tokenizer = GPT2Tokenizer()
+    model = load_pretrained(path).to(device).eval()
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise UserError(f"{path} knows {model.config.vocab_size} tokens, fewer than GPT-2's {tokenizer.vocab_size}; "
+                        "it cannot be used with the GPT-2 tokenizer")
     return Generator(model, tokenizer, device)

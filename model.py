@@ -7,7 +7,7 @@
 Importing or building a model has no side effects: no prints, no environment reads.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -168,6 +168,23 @@ class GPT(nn.Module):
         if non_embedding and self.config.pos_encoding == "learned":
             n -= self.wpe.weight.numel()
         return n
+
+    def crop_block_size(self, block_size):
+        """Shorten the context to block_size positions, e.g. to fine-tune GPT-2 (1024) on shorter windows.
+
+        Keeps the first block_size rows of the position table: the positions the
+        shorter windows use, as they were trained.
+        """
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(f"block_size must be between 1 and {self.config.block_size}, not {block_size}")
+        self.config = replace(self.config, block_size=block_size)  # a new config: the caller's is left alone
+        if self.config.pos_encoding == "learned":
+            self.wpe.weight = nn.Parameter(self.wpe.weight.detach()[:block_size].clone())
+            self.wpe.num_embeddings = block_size
+        elif self.config.pos_encoding == "sinusoidal":
+            self.pe = self.pe[:block_size]
+        for block in self.blocks:
+            block.attn.window = block_size
 
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean loss if targets are given.

@@ -12,6 +12,7 @@ Reads and encodes in chunks, so a file of any size fits in bounded memory.
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 import urllib.request
@@ -42,7 +43,11 @@ def download(url, path):
 
 
 def read_chunks(path):
-    """Yield the text in pieces that end at a newline, so no word is cut in two."""
+    """Yield the text in pieces of about CHUNK_CHARS that end at a newline, so no word is cut in two.
+
+    A piece with no newline ends before its last space instead (GPT-2's BPE joins a
+    space to the word after it), so even a file of one long line is read in bounded pieces.
+    """
     with open(path, encoding="utf-8") as f:
         carry = ""
         while True:
@@ -52,8 +57,7 @@ def read_chunks(path):
             text = carry + block
             cut = text.rfind("\n") + 1
             if cut == 0:
-                carry = text
-                continue
+                cut = max(text.rfind(" "), 0) or len(text)
             carry = text[cut:]
             yield text[:cut]
         if carry:
@@ -104,18 +108,22 @@ def encode_file(path, tokenizer, out_path, dtype):
 
 
 def split_tokens(all_path, n, dtype, out_dir):
-    """Copy the first 90% of tokens to train.bin and the rest to val.bin, in slices."""
+    """Make the first 90% of the tokens train.bin.tmp and the rest val.bin.tmp.
+
+    The tail is copied out and cut off, then the file is renamed: the train split,
+    the bulk of the data, is never copied. Plain reads keep memory bounded (a
+    memory map of a large file would count toward the resident set).
+    """
     n_train = int(n * (1 - VAL_FRACTION))
     n_val = n - n_train
     if n_train < 2 or n_val < 2:
         raise UserError(f"the text has only {n} tokens: too short to split into train and val; use a longer text")
-    tokens = np.memmap(all_path, dtype=dtype, mode="r")
-    step = 16 * 1024 * 1024
-    for name, lo, hi in (("train", 0, n_train), ("val", n_train, n)):
-        with open(os.path.join(out_dir, f"{name}.bin.tmp"), "wb") as f:
-            for i in range(lo, hi, step):
-                tokens[i:min(i + step, hi)].tofile(f)
-    del tokens
+    with open(all_path, "r+b") as tokens:
+        tokens.seek(n_train * np.dtype(dtype).itemsize)
+        with open(os.path.join(out_dir, "val.bin.tmp"), "wb") as val:
+            shutil.copyfileobj(tokens, val, 16 * 1024 * 1024)
+        tokens.truncate(n_train * np.dtype(dtype).itemsize)
+    os.replace(all_path, os.path.join(out_dir, "train.bin.tmp"))
     return n_train, n_val
 
 
@@ -124,9 +132,10 @@ def count_bytes(path, dtype, tokenizer, chunk=1024 * 1024):
 
     Both tokenizers decode token by token to whole bytes, so chunk edges cannot change the count.
     """
-    tokens = np.memmap(path, dtype=dtype, mode="r")
-    n = sum(len(tokenizer.decode_bytes(tokens[i:i + chunk].tolist())) for i in range(0, len(tokens), chunk))
-    del tokens
+    n = 0
+    with open(path, "rb") as f:
+        while len(tokens := np.fromfile(f, dtype=dtype, count=chunk)):
+            n += len(tokenizer.decode_bytes(tokens.tolist()))
     return n
 
 

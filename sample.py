@@ -2,6 +2,7 @@
 
     python sample.py --start "ROMEO:"
     python sample.py --start FILE:prompt.txt --num_samples 3 --top_p 0.9 --stop "\n\n"
+    python sample.py --init_from gpt2 --start "Hello, I'm a language model,"
 """
 import argparse
 import sys
@@ -9,6 +10,7 @@ import time
 
 from errors import UserError, run_main
 from generate import load
+from gpt2_weights import GPT2_SIZES, is_gpt2_source
 
 
 def read_prompt(start):
@@ -26,6 +28,8 @@ def read_prompt(start):
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint.")
     p.add_argument("--out_dir", default="out-shakespeare-char", help="folder with ckpt.pt, or a checkpoint file")
+    p.add_argument("--init_from", help="GPT-2's weights instead of a checkpoint: gpt2, gpt2-medium, gpt2-large, "
+                   "gpt2-xl, or a local model.safetensors file or folder")
     p.add_argument("--start", default="\n", help='prompt text, or FILE:path to read it from a file (default: newline)')
     p.add_argument("--num_samples", type=int, default=1, help="samples generated together as one batch")
     p.add_argument("--max_new_tokens", type=int, default=500)
@@ -41,13 +45,16 @@ def parse_args(argv):
         raise UserError("--num_samples must be at least 1 and --max_new_tokens at least 0")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise UserError("need --temperature >= 0, 0 < --top_p <= 1 and --top_k >= 0")
+    if args.init_from is not None and not is_gpt2_source(args.init_from):
+        raise UserError(f"--init_from takes {', '.join(GPT2_SIZES)}, or a model.safetensors file or a folder "
+                        f"holding one, not {args.init_from!r}; for a trained checkpoint use --out_dir")
     args.stop = [s.encode().decode("unicode_escape") for s in args.stop]  # let "\n" on a shell line mean newline
     return args
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    gen = load(args.out_dir, args.device)
+    gen = load(args.init_from or args.out_dir, args.device)
     prompt = read_prompt(args.start)
     gen.tokenizer.encode(prompt)  # an unknown character is an error before anything is printed
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,

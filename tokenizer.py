@@ -3,10 +3,24 @@
 A dataset's meta.json and every checkpoint store `tokenizer.to_meta()`, plain JSON,
 and `load_tokenizer(meta)` rebuilds the same tokenizer from it.
 """
+import hashlib
 
 import numpy as np
 
 from errors import UserError
+
+# Where tiktoken downloads GPT-2's BPE files from (tiktoken_ext/openai_public.py). Before
+# downloading, it looks for TIKTOKEN_CACHE_DIR/<sha1 hex of the URL>, so copies placed
+# there under those names work with no internet (tiktoken checks their sha256).
+GPT2_BPE_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+
+
+def tiktoken_cache_names():
+    """{file name: the name tiktoken's cache gives it}, e.g. 'vocab.bpe': '6d1cbeee...'."""
+    return {name: hashlib.sha1(url.encode()).hexdigest() for name, url in GPT2_BPE_URLS.items()}
 
 
 class CharTokenizer:
@@ -57,11 +71,12 @@ class GPT2Tokenizer:
         import tiktoken
         try:
             self.enc = tiktoken.get_encoding("gpt2")
-        except Exception as e:  # tiktoken raises plain request errors when offline
+        except Exception as e:  # offline, tiktoken raises whatever its HTTP client raises
+            names = tiktoken_cache_names()
             raise UserError(
-                f"could not load the GPT-2 BPE files ({type(e).__name__}); tiktoken downloads them once. "
-                "Offline, put copies of vocab.bpe and encoder.json in a folder named by TIKTOKEN_CACHE_DIR "
-                "(see README, 'GPT-2 BPE offline')") from None
+                f"could not load the GPT-2 BPE files ({type(e).__name__}); tiktoken downloads them on first use. "
+                f"Offline, set TIKTOKEN_CACHE_DIR to a folder holding vocab.bpe renamed {names['vocab.bpe']} "
+                f"and encoder.json renamed {names['encoder.json']} (README: 'GPT-2 BPE offline')") from None
         self.eot_token = self.enc.eot_token
         self.vocab_size = self.enc.n_vocab
 

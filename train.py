@@ -182,13 +182,20 @@ def init_model(cfg, model_cfg, meta, device):
         model = build_model(model_cfg).to(device)
         model.load_state_dict(state["model"])
         return model, state
-    from gpt2_weights import load_pretrained  # GPT-2 weights, by name or local path
+    # Anything else is GPT-2's weights, by name or local path. Check the data before a download.
+    if meta["tokenizer"] != "gpt2":
+        raise UserError(f"GPT-2's weights need GPT-2 tokens, but dataset {cfg.dataset} is {meta['tokenizer']}-level; "
+                        f"prepare it with python prepare.py --tokenizer gpt2")
+    from gpt2_weights import load_pretrained
     model = load_pretrained(cfg.init_from, dropout=model_cfg.dropout).to(device)
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} tokens but {cfg.init_from} knows "
-                        f"{model.config.vocab_size}; prepare it with --tokenizer gpt2")
+                        f"{model.config.vocab_size}; use a GPT-2 model with the full vocabulary")
+    if model_cfg.block_size > model.config.block_size:
+        raise UserError(f"{cfg.init_from} has a context of {model.config.block_size} positions; "
+                        f"use --block_size={model.config.block_size} or less")
     if model_cfg.block_size < model.config.block_size:
-        model.crop_block_size(model_cfg.block_size)
+        model.crop_block_size(model_cfg.block_size)  # fine-tune on shorter windows: faster, less memory
     return model, None
 
 

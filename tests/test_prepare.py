@@ -59,3 +59,13 @@ def test_failed_prepare_keeps_previous_dataset(workdir):
     with pytest.raises(UserError):
         prepare.prepare(str(workdir / "short.txt"), "tiny", "char", data_root=str(workdir / "data"))
     assert (folder / "train.bin").read_bytes() == before
+
+
+def test_a_file_of_one_long_line_is_read_in_bounded_pieces(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 100)
+    text = " ".join(f"word{i}" for i in range(2000)) + "\nlast line"  # one line of 16,000 characters
+    (tmp_path / "long.txt").write_text(text)
+    pieces = list(prepare.read_chunks(str(tmp_path / "long.txt")))
+    assert "".join(pieces) == text
+    assert max(len(p) for p in pieces) <= 200  # never more than a carry and a block
+    assert all(p.endswith("\n") or p[-1] != " " for p in pieces) and pieces[1].startswith(" ")

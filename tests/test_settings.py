@@ -69,3 +69,13 @@ def test_help_lists_every_setting():
     text = help_text()
     for key in ("--n_layer", "--learning_rate", "--init_from", "--pos_encoding", "--checkpoint_interval"):
         assert key in text
+
+
+def test_the_fine_tuning_recipe_has_gpt2s_shape():
+    from gpt2_weights import GPT2_SIZES
+    from conftest import ROOT
+    cfg, model = load_settings([f"{ROOT}/config/finetune_shakespeare.py"])
+    assert cfg.init_from == "gpt2" and cfg.dataset == "shakespeare" and not cfg.decay_lr
+    # the shape must be gpt2's, or --init_from=resume would refuse the run it saved
+    assert dict(n_layer=model.n_layer, n_head=model.n_head, n_embd=model.n_embd) == GPT2_SIZES["gpt2"]
+    assert model.activation == "gelu_tanh" and model.bias and model.block_size <= 1024
