@@ -66,6 +66,15 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def lost_peer(error):
+    """True for the error a process gets in a collective when another process of the job has died.
+
+    gloo reports it as a RuntimeError ("Connection closed by peer"), NCCL as a DistError.
+    """
+    return dist.is_available() and dist.is_initialized() and (isinstance(error, dist.DistError)
+                                                              or "by peer" in str(error))
+
+
 def setup(cfg):
     """Join the process group when launched by torchrun; a single process otherwise.
 

@@ -235,6 +235,8 @@ def train(cfg, model_cfg):
 
     flops_tok = flops_per_token(model_cfg, raw_model.num_params())
     peak = peak_flops(device, dtype) if master else None
+    if peak:
+        peak *= ddp.world_size  # tokens/s counts every process, each with a device (or CPU threads) of its own
     bpt = bytes_per_token(meta)
     log = plot = None
     if master:
@@ -384,7 +386,14 @@ def main(argv=None):
         print(help_text())
         return None
     cfg, model_cfg = load_settings(argv)
-    return train(cfg, model_cfg)
+    try:
+        return train(cfg, model_cfg)
+    except RuntimeError as e:
+        if not distributed.lost_peer(e):
+            raise
+        # Not this process's fault: one line here, and the process that failed says why.
+        raise UserError("another process of this job stopped, so this one cannot go on; "
+                        "the first error printed says why") from None
 
 
 if __name__ == "__main__":
