@@ -29,7 +29,6 @@ from plot import TrainingPlot
 from resume import load_resume_state, rank_rng, report_changes, restore_optimizer
 from settings import help_text, load_settings
 from throughput import flops_per_token, mfu, peak_flops
-from tokenizer import load_tokenizer
 
 def get_lr(step, cfg):
     """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr."""
@@ -207,7 +206,7 @@ def train(cfg, model_cfg):
     tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
     start_step, best_val_loss = 0, float("inf")
     tokens_seen, elapsed_before = 0, 0.0  # both carry on across resumes, for the metrics log
-    rng = None  # the random state to restore, last of all, just before the first step
+    saved_rng = None  # this rank's random state, restored last of all, just before the first step
     resumed = state is not None
     if resumed:
         restore_optimizer(state, optimizer, scaler, last_path)
@@ -215,14 +214,14 @@ def train(cfg, model_cfg):
         tokens_seen = state.get("tokens", start_step * tokens_per_step)
         elapsed_before = state.get("elapsed", 0.0)
         eval_gen.set_state(state["rng"][0]["eval"])
-        rng = rank_rng(state, ddp.rank, ddp.world_size)
-        if rng is None:  # another number of processes: fresh streams, distinct for every rank
+        saved_rng = rank_rng(state, ddp.rank, ddp.world_size)
+        if saved_rng is None:  # another number of processes: fresh streams, distinct for every rank
             fresh = cfg.seed + ddp.rank + start_step * ddp.world_size
             torch.manual_seed(fresh)
             train_gen.manual_seed(fresh)
         if master:
             report_changes(cfg, model_cfg, state)
-            if rng is None:
+            if saved_rng is None:
                 print(f"{last_path} was written by {len(state['rng'])} processes and this run has "
                       f"{ddp.world_size}, so its batches differ from those the stopped run would have drawn")
             print(f"resuming from iteration {start_step} (best val loss {best_val_loss:.4f})")
@@ -287,9 +286,9 @@ def train(cfg, model_cfg):
             losses[step_done] = value
         pending.clear()
 
-    if rng is not None:
-        set_rng_state(rng["global"])
-        train_gen.set_state(rng["train"])
+    if saved_rng is not None:
+        set_rng_state(saved_rng["global"])
+        train_gen.set_state(saved_rng["train"])
 
     for step in range(start_step, cfg.max_iters + 1):
         last_step = step == cfg.max_iters

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
 import train
-from checkpoint import load_checkpoint, load_model
+from checkpoint import load_checkpoint
 from conftest import ROOT, TINY_MODEL, run_script
-from errors import UserError
+from errors import UserError, run_main
 from metrics import current_records, read_metrics
 from prepare import prepare
 from test_scripts import assert_one_line_error
@@ -105,19 +104,14 @@ def test_out_of_disk_space_keeps_the_previous_checkpoint(workdir, monkeypatch, c
 
     monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
     with pytest.raises(SystemExit):
-        errors_run_main(lambda: run_train(workdir, monkeypatch, "--max_iters=4", "--checkpoint_interval=1",
-                                          "--init_from=resume"))
+        run_main(lambda: run_train(workdir, monkeypatch, "--max_iters=4", "--checkpoint_interval=1",
+                                   "--init_from=resume"))
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: out of disk space while saving") and "intact" in err and "\n" not in err
     monkeypatch.setattr(torch, "save", real_save)
     assert file_bytes(workdir / "out" / "last.pt") == before
     assert load_checkpoint(workdir / "out" / "last.pt")["iter_num"] == 2
     assert sorted(p.name for p in (workdir / "out").iterdir()) == ["ckpt.pt", "last.pt", "loss.png", "metrics.jsonl"]
-
-
-def errors_run_main(main):
-    from errors import run_main
-    return run_main(main)
 
 
 def test_out_dir_that_cannot_be_written(workdir, monkeypatch):
