@@ -2,7 +2,8 @@
 
     python train.py config/shakespeare_char_cpu.py
     python train.py config/shakespeare_char.py --max_iters=100 --device=cpu
-    torchrun --standalone --nproc_per_node=4 train.py config/shakespeare_char.py
+    python train.py config/shakespeare_char_cpu.py --init_from=resume     # carry on from out_dir/last.pt
+    torchrun --standalone --nproc_per_node=4 train.py config/shakespeare_char.py --gradient_accumulation_steps=4
 
 `python train.py --help` lists every setting. One flat loop: evaluate, save,
 take an optimizer step; the last step always evaluates and saves.
