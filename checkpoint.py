@@ -4,9 +4,11 @@ Two files live in out_dir: `ckpt.pt`, the model with the best val loss (what
 sample.py loads), and `last.pt`, the latest full training state (what
 --init_from=resume continues from). Both are written to a temporary file in the
 same folder, flushed to disk, then renamed over the old one, so a crash at any
-moment leaves the previous file whole. Loading uses torch.load(weights_only=True):
-tensors and plain containers only, never arbitrary pickled objects.
+moment leaves the previous file whole (and at most one stray `.tmp` file).
+Loading uses torch.load(weights_only=True): tensors and plain containers only,
+never arbitrary pickled objects.
 """
+import contextlib
 import errno
 import os
 import random
@@ -21,30 +23,60 @@ LAST = "last.pt"
 
 
 def save_checkpoint(state, path):
-    """Write state atomically: a temporary file, fsync, rename, fsync of the folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        os.makedirs(folder, exist_ok=True)
+    """Write state to path atomically: the old file stays whole until the new one is complete."""
+    commit_checkpoint(write_pending(state, path), path)
+
+
+def write_pending(state, path):
+    """Write state to a temporary file beside path, flushed to disk; returns its name.
+
+    `commit_checkpoint` puts it in place. Training writes last.pt this way and
+    commits it only once the weights it holds have given a finite loss.
+    """
+    tmp = f"{path}.tmp"  # one name, so a run killed while writing leaves one stray file, not one per try
+    with _saving(path, tmp):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+    return tmp
+
+
+def commit_checkpoint(tmp, path):
+    """Rename tmp over path (atomic on POSIX and Windows), then make the rename itself durable."""
+    with _saving(path, tmp):
         os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if os.name == "posix":  # a folder's entries reach the disk with an fsync of the folder
+            dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def discard_pending(tmp):
+    if tmp and os.path.exists(tmp):
+        os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _saving(path, tmp):
+    """Turn a failed write into one clear line, removing the partial file; path is never touched."""
+    try:
+        yield
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        try:
+            discard_pending(tmp)
+        except OSError:
+            pass
+        folder = os.path.dirname(os.path.abspath(path))
         if e.errno == errno.ENOSPC:
             raise UserError(f"out of disk space while saving {path}; the previous checkpoint is intact. "
-                            "Free some space and resume with --init_from=resume") from None
+                            "Free some space and continue with --init_from=resume") from None
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise UserError(f"cannot write to {folder}: permission denied; choose another --out_dir") from None
-        raise UserError(f"could not save {path}: {e.strerror or e}") from None
+            raise UserError(f"cannot write to {folder} ({e.strerror}); choose another --out_dir") from None
+        raise UserError(f"could not save {path} ({e.strerror or e}); the previous checkpoint is intact") from None
 
 
 def check_writable(out_dir):
@@ -65,12 +97,26 @@ def load_checkpoint(path, device="cpu"):
         raise UserError(f"no checkpoint at {path}; train one first with python train.py CONFIG")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, refused global: all one answer
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint of this project ({reason[:160]})") from None
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise UserError(f"{path} is not a checkpoint of this project (no model or model_config in it)")
+    except Exception as e:  # a refused object, a truncated or foreign file: one clear line each
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        refused = [line for line in lines if "GLOBAL" in line]  # weights_only names what it would have called
+        if refused:
+            raise UserError(f"{path} holds Python objects, not just tensors ({refused[0]}); it was not written by "
+                            "this project and is not loaded, since loading it could run code") from None
+        reason = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+        reason = reason.split(". ")[0][:120]  # the first sentence says what went wrong
+        raise UserError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {reason}); "
+                        "use another checkpoint, or train again") from None
+    if not isinstance(state, dict) or not all(k in state for k in ("model", "model_config", "tokenizer")):
+        raise UserError(f"{path} is not a checkpoint of this project (it lacks a model, model_config or tokenizer)")
     return state
+
+
+def check_vocabulary(state, meta, dataset, path, doing):
+    """A checkpoint's model reads only the token ids of the vocabulary it was trained on."""
+    if state["tokenizer"] != {k: meta.get(k) for k in state["tokenizer"]}:
+        raise UserError(f"dataset {dataset} has a different vocabulary from {path}; "
+                        f"{doing} on the dataset it was trained on, or start a new out_dir")
 
 
 def resolve_checkpoint(path, name=BEST):

@@ -3,7 +3,14 @@
 Scripts raise UserError with a sentence that says what to do; `run_main` turns it
 into one line on stderr and exit status 1 instead of a traceback.
 """
+import os
 import sys
+import time
+
+# Under torchrun every rank usually meets the same mistake at the same moment. Rank 0
+# says it at once; torchrun then stops the other ranks, which wait this long before
+# speaking, so the line is printed once. An error only one rank meets is still printed.
+OTHER_RANK_DELAY_S = 5.0
 
 
 class UserError(Exception):
@@ -15,7 +22,10 @@ def run_main(main):
     try:
         return main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # set by torchrun
+        if rank != "0":
+            time.sleep(OTHER_RANK_DELAY_S)
+        print(f"error: {'' if rank == '0' else f'rank {rank}: '}{e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -49,14 +49,34 @@ class MetricsLog:
     def __init__(self, out_dir, wandb=None, filename=METRICS_FILE):
         self.path = os.path.join(out_dir, filename)
         self.wandb = wandb
+        self.torn = _ends_mid_line(self.path)  # a run killed while writing a line
 
     def write(self, kind, **fields):
         record = {"kind": kind, **fields}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                if self.torn:  # end the torn line, so this record starts a line of its own
+                    f.write("\n")
+                    self.torn = False
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write {self.path} ({e.strerror or e}); free some space or choose another "
+                            "--out_dir, then continue with --init_from=resume") from None
         if self.wandb is not None:
             self.wandb.log({f"{kind}/{k}": v for k, v in fields.items() if v is not None and k != "iter"},
                            step=fields["iter"])
+
+
+def _ends_mid_line(path):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def read_metrics(path):

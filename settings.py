@@ -52,6 +52,14 @@ class TrainConfig:
     compile: bool = False
     seed: int = 1337
 
+    def __post_init__(self):
+        for key in ("eval_interval", "eval_iters", "log_interval", "checkpoint_interval", "batch_size",
+                    "gradient_accumulation_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, not {getattr(self, key)}")
+        if self.max_iters < 0:
+            raise ValueError(f"max_iters must be at least 0, not {self.max_iters}")
+
 
 # Model settings live in GPTConfig alone; vocab_size comes from the dataset.
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]

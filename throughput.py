@@ -32,8 +32,9 @@ def measure_cpu_peak(dtype, size=1024, repeats=5):
     """Matmul FLOP/s this CPU reaches in `dtype`: the ceiling a training step could hit."""
     if dtype in _cpu_peak_cache:
         return _cpu_peak_cache[dtype]
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    gen = torch.Generator().manual_seed(0)  # its own generator: measuring must not move training's
+    a = torch.randn(size, size, generator=gen).to(dtype)
+    b = torch.randn(size, size, generator=gen).to(dtype)
     a @ b  # warm up the kernels
     best = float("inf")
     for _ in range(repeats):

@@ -2,7 +2,8 @@
 
     python train.py config/shakespeare_char_cpu.py
     python train.py config/shakespeare_char.py --max_iters=100 --device=cpu
-    torchrun --standalone --nproc_per_node=4 train.py config/shakespeare_char.py
+    python train.py config/shakespeare_char_cpu.py --init_from=resume     # carry on from out_dir/last.pt
+    torchrun --standalone --nproc_per_node=4 train.py config/shakespeare_char.py --gradient_accumulation_steps=4
 
 `python train.py --help` lists every setting. One flat loop: evaluate, save,
 take an optimizer step; the last step always evaluates and saves.
@@ -19,20 +20,16 @@ import torch
 import torch.nn.functional as F
 
 import distributed
-from checkpoint import (BEST, LAST, check_writable, load_checkpoint, rng_state, save_checkpoint,
-                        set_rng_state)
+from checkpoint import (BEST, LAST, check_vocabulary, check_writable, commit_checkpoint, discard_pending,
+                        load_model, rng_state, save_checkpoint, set_rng_state, write_pending)
 from device import autocast, pick_device, pick_dtype
 from errors import UserError, run_main
 from metrics import MetricsLog, format_figures, loss_figures, start_wandb
-from model import GPTConfig, build_model
+from model import build_model
 from plot import TrainingPlot
+from resume import load_resume_state, rank_rng, report_changes, restore_optimizer
 from settings import help_text, load_settings
 from throughput import flops_per_token, mfu, peak_flops
-from tokenizer import load_tokenizer
-
-# Model settings that may differ on resume: they change the run, not the weights' shapes.
-RESUMABLE_MODEL_KEYS = {"dropout", "attention"}
-
 
 def get_lr(step, cfg):
     """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr."""
@@ -157,31 +154,13 @@ def bytes_per_token(meta):
     return None
 
 
-def check_vocabulary(state, meta, cfg, doing):
-    if state["tokenizer"] != {k: meta.get(k) for k in state["tokenizer"]}:
-        raise UserError(f"dataset {cfg.dataset} has a different vocabulary from the checkpoint in {cfg.out_dir}; "
-                        f"{doing} on the dataset it was trained on")
-
-
 def init_model(cfg, model_cfg, meta, device):
-    """Build the model (and the checkpoint to resume from, if any) as init_from says."""
+    """Build the model (and the training state to resume from, if any) as init_from says."""
     if cfg.init_from == "scratch":
         model_cfg = replace(model_cfg, vocab_size=meta["vocab_size"])
         return build_model(model_cfg).to(device), None
     if cfg.init_from == "resume":
-        state = load_checkpoint(os.path.join(cfg.out_dir, LAST), device)
-        saved = GPTConfig(**state["model_config"])
-        changed = [k for k in asdict(saved) if k not in RESUMABLE_MODEL_KEYS | {"vocab_size"}
-                   and getattr(saved, k) != getattr(model_cfg, k)]
-        if changed:
-            diffs = ", ".join(f"{k} {getattr(saved, k)!r} -> {getattr(model_cfg, k)!r}" for k in changed)
-            raise UserError(f"cannot resume with a different model shape ({diffs}); "
-                            "use the settings of the saved run, or a new out_dir")
-        check_vocabulary(state, meta, cfg, "resume")
-        model_cfg = replace(saved, **{k: getattr(model_cfg, k) for k in RESUMABLE_MODEL_KEYS})
-        model = build_model(model_cfg).to(device)
-        model.load_state_dict(state["model"])
-        return model, state
+        return load_resume_state(cfg, model_cfg, meta, device)
     # Anything else is GPT-2's weights, by name or local path. Check the data before a download.
     if meta["tokenizer"] != "gpt2":
         raise UserError(f"GPT-2's weights need GPT-2 tokens, but dataset {cfg.dataset} is {meta['tokenizer']}-level; "
@@ -199,14 +178,6 @@ def init_model(cfg, model_cfg, meta, device):
     return model, None
 
 
-def report_changed_settings(cfg, saved):
-    ignore = {"init_from"}
-    changes = [f"{k} {saved[k]!r} -> {v!r}" for k, v in asdict(cfg).items()
-               if k in saved and k not in ignore and saved[k] != v]
-    if changes:
-        print("resuming with changed settings: " + ", ".join(changes))
-
-
 def train(cfg, model_cfg):
     """Run training as cfg says; returns {'losses': [...], 'best_val_loss': ...} on the master process."""
     ddp = distributed.setup(cfg)
@@ -216,14 +187,12 @@ def train(cfg, model_cfg):
     ctx = autocast(device, dtype)
     meta, splits = load_dataset(cfg)
     tokenizer_meta = {k: meta[k] for k in ("tokenizer", "vocab_size", "chars") if k in meta}
-    if cfg.gradient_accumulation_steps % ddp.world_size != 0:
-        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by "
-                        f"the number of processes ({ddp.world_size})")
-    accum = cfg.gradient_accumulation_steps // ddp.world_size
+    accum = cfg.gradient_accumulation_steps // ddp.world_size  # this process's share of the micro-steps
     if cfg.eval_only:
         return run_eval_only(cfg, meta, splits, device, ctx)
     if master:
         check_writable(cfg.out_dir)
+    last_path = os.path.join(cfg.out_dir, LAST)
 
     torch.manual_seed(cfg.seed + ddp.rank)
     model, state = init_model(cfg, model_cfg, meta, device)
@@ -236,6 +205,7 @@ def train(cfg, model_cfg):
     optimizer = model.configure_optimizer(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                           fused=device.type == "cuda")
     # Separate generators: changing the eval cadence never changes the training batches.
+    # Each rank draws its own batches; only rank 0 evaluates.
     train_gen = torch.Generator().manual_seed(cfg.seed + ddp.rank)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     train_batches = Batches(splits["train"], model_cfg.block_size, cfg.batch_size, device, train_gen)
@@ -244,21 +214,26 @@ def train(cfg, model_cfg):
     tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
     start_step, best_val_loss = 0, float("inf")
     tokens_seen, elapsed_before = 0, 0.0  # both carry on across resumes, for the metrics log
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+    saved_rng = None  # this rank's random state, restored last of all, just before the first step
+    resumed = state is not None
+    if resumed:
+        restore_optimizer(state, optimizer, scaler, last_path)
         start_step, best_val_loss = state["iter_num"], state["best_val_loss"]
         tokens_seen = state.get("tokens", start_step * tokens_per_step)
         elapsed_before = state.get("elapsed", 0.0)
-        rng = state["rng"][ddp.rank] if ddp.rank < len(state["rng"]) else state["rng"][0]
-        set_rng_state(rng["global"])
-        train_gen.set_state(rng["train"])
-        eval_gen.set_state(rng["eval"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        eval_gen.set_state(state["rng"][0]["eval"])
+        saved_rng = rank_rng(state, ddp.rank, ddp.world_size)
+        if saved_rng is None:  # another number of processes: fresh streams, distinct for every rank
+            fresh = cfg.seed + ddp.rank + start_step * ddp.world_size
+            torch.manual_seed(fresh)
+            train_gen.manual_seed(fresh)
         if master:
-            report_changed_settings(cfg, state["train_config"])
+            report_changes(cfg, model_cfg, state)
+            if saved_rng is None:
+                print(f"{last_path} was written by {len(state['rng'])} processes and this run has "
+                      f"{ddp.world_size}, so its batches differ from those the stopped run would have drawn")
             print(f"resuming from iteration {start_step} (best val loss {best_val_loss:.4f})")
-        state = None  # free the checkpoint's copy of the weights
+        state = None
 
     raw_model = model
     if cfg.compile:
@@ -267,6 +242,8 @@ def train(cfg, model_cfg):
 
     flops_tok = flops_per_token(model_cfg, raw_model.num_params())
     peak = peak_flops(device, dtype) if master else None
+    if peak:
+        peak *= ddp.world_size  # tokens/s counts every process, each with a device (or CPU threads) of its own
     bpt = bytes_per_token(meta)
     log = plot = None
     if master:
@@ -277,7 +254,7 @@ def train(cfg, model_cfg):
             if cfg.wandb_log else None
         log = MetricsLog(cfg.out_dir, wandb)
         plot = TrainingPlot(cfg.out_dir, log.path)
-        if start_step:
+        if resumed:
             log.write("resume", iter=start_step, tokens=tokens_seen, elapsed=elapsed_before)
 
     def training_state(step):
@@ -297,30 +274,45 @@ def train(cfg, model_cfg):
 
     pending = []  # (step, loss tensor) not yet checked: reading a loss forces a device sync
     losses = {}
+    unproven = None  # last.pt written to its temporary file, kept out of place until its weights give a finite loss
+    saved_step = start_step if resumed else None  # the iteration of the last.pt in place
     t_last, steps_timed = time.perf_counter(), 0
     recent_ms, pause_s = [], 0.0  # pause_s: how long the latest evaluation and save took
+
+    def stop_on(what, value, step_done):
+        discard_pending(unproven)
+        kept = f"last.pt (iteration {saved_step}) and ckpt.pt" if saved_step is not None else "earlier checkpoints"
+        raise UserError(f"{what} became {value} at iteration {step_done}; stopped without saving these weights. "
+                        f"{kept} in {cfg.out_dir} are kept: lower learning_rate or check the data, "
+                        "then --init_from=resume")
 
     def check_losses():
         for step_done, loss in pending:
             value = loss.item()
             if not math.isfinite(value):
-                raise UserError(f"loss became {value} at iteration {step_done}; stopped. The last good checkpoints "
-                                f"in {cfg.out_dir} are kept; lower learning_rate or check the data")
+                stop_on("loss", value, step_done)
             losses[step_done] = value
         pending.clear()
+
+    if saved_rng is not None:
+        set_rng_state(saved_rng["global"])
+        train_gen.set_state(saved_rng["train"])
 
     for step in range(start_step, cfg.max_iters + 1):
         last_step = step == cfg.max_iters
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        just_resumed = step == start_step and start_step > 0  # its eval and save happened before the stop
+        just_resumed = resumed and step == start_step  # its eval and save happened before the stop
         t_pause = time.perf_counter()
         evaluating = master and not just_resumed and (step % cfg.eval_interval == 0 or last_step)
 
         if evaluating:
             check_losses()
             split_losses = estimate_loss(model, eval_batches, cfg.eval_iters, ctx)
+            for split, value in split_losses.items():
+                if not math.isfinite(value):
+                    stop_on(f"{split} loss", value, step)
             val = loss_figures(split_losses["val"], meta["tokenizer"], bpt)
             print(f"step {step}: train loss {split_losses['train']:.4f}, val loss {format_figures(val)}")
             log.write("eval", iter=step, tokens=tokens_seen, train_loss=split_losses["train"],
@@ -333,11 +325,12 @@ def train(cfg, model_cfg):
                                  "tokenizer": tokenizer_meta, "iter_num": step, "best_val_loss": best_val_loss},
                                 os.path.join(cfg.out_dir, BEST))
         if not just_resumed and (step % cfg.checkpoint_interval == 0 or last_step):
-            if master:
-                check_losses()
             snapshot = training_state(step)  # every rank takes part: the RNG states are gathered
             if master:
-                save_checkpoint(snapshot, os.path.join(cfg.out_dir, LAST))
+                unproven = write_pending(snapshot, last_path)
+                if evaluating:  # the evaluation above has just shown these weights give finite losses
+                    commit_checkpoint(unproven, last_path)
+                    unproven, saved_step = None, step
             del snapshot
         paused = time.perf_counter() - t_pause
         t_last += paused  # evaluation and saving stay out of ms/iter
@@ -346,13 +339,17 @@ def train(cfg, model_cfg):
             break
 
         micro = [train_batches.sample() for _ in range(accum)]
-        loss = optimizer_step(model, optimizer, micro, ctx, scaler, cfg.grad_clip, ddp.sync)
-        if master:
-            pending.append((step, loss))
+        loss = ddp.mean(optimizer_step(model, optimizer, micro, ctx, scaler, cfg.grad_clip, ddp.sync))
         steps_timed += 1
         tokens_seen += tokens_per_step
+        if master:
+            pending.append((step, loss))
+            if unproven:  # this step's loss came from the weights just written: finite, they may replace last.pt
+                check_losses()
+                commit_checkpoint(unproven, last_path)
+                unproven, saved_step = None, step
         if master and ((step + 1) % cfg.log_interval == 0 or step + 1 == cfg.max_iters):
-            check_losses()  # the only host sync outside evaluation
+            check_losses()  # the only host sync outside evaluation and saving
             now = time.perf_counter()
             ms = (now - t_last) * 1000 / steps_timed
             t_last, steps_timed = now, 0
@@ -377,10 +374,8 @@ def train(cfg, model_cfg):
 def run_eval_only(cfg, meta, splits, device, ctx):
     """--eval_only: the whole val split, every target once, so the figure is repeatable."""
     path = os.path.join(cfg.out_dir, BEST)
-    ckpt = load_checkpoint(path, device)
-    check_vocabulary(ckpt, meta, cfg, "evaluate")
-    model = build_model(GPTConfig(**ckpt["model_config"])).to(device)
-    model.load_state_dict(ckpt["model"])
+    model, _, ckpt = load_model(path, device)
+    check_vocabulary(ckpt, meta, cfg.dataset, path, "evaluate")
     block_size, val = model.config.block_size, splits["val"]
     if len(val) <= block_size:
         raise UserError(f"the val split of {cfg.dataset} has {len(val)} tokens, too few for the checkpoint's "
@@ -398,7 +393,14 @@ def main(argv=None):
         print(help_text())
         return None
     cfg, model_cfg = load_settings(argv)
-    return train(cfg, model_cfg)
+    try:
+        return train(cfg, model_cfg)
+    except RuntimeError as e:
+        if not distributed.lost_peer(e):
+            raise
+        # Not this process's fault: one line here, and the process that failed says why.
+        raise UserError("another process of this job stopped, so this one cannot go on; "
+                        "the first error printed says why") from None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 import train
 from conftest import TINY_MODEL
 from errors import UserError
-from metrics import LN2, current_records, loss_figures, read_metrics
+from metrics import LN2, MetricsLog, current_records, loss_figures, read_metrics
 from model import GPTConfig, build_model
 from prepare import prepare
 
@@ -63,6 +63,13 @@ def test_read_metrics_skips_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "iter": 1}\n{"kind": "tra')
     assert read_metrics(path) == [{"kind": "train", "iter": 1}]
+
+
+def test_a_record_after_a_torn_line_is_kept(tmp_path):
+    """A run killed mid-line leaves no newline; the next run's first record must not join that line."""
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "iter": 1}\n{"kind": "tra')
+    MetricsLog(str(tmp_path)).write("resume", iter=1)
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"kind": "train", "iter": 1}, {"kind": "resume", "iter": 1}]
 
 
 def test_loss_figures():

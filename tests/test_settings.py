@@ -28,6 +28,8 @@ def test_values_are_parsed_with_their_type():
     (["--pos_encoding=absolute"], "pos_encoding must be one of"),
     (["a.py", "b.py"], "unexpected argument"),
     (["--vocab_size=10"], "unknown setting"),
+    (["--eval_interval=0"], "eval_interval must be at least 1"),
+    (["--gradient_accumulation_steps=0"], "gradient_accumulation_steps must be at least 1"),
 ])
 def test_bad_settings_are_clear_errors(args, message, tmp_path):
     for name in ("a.py", "b.py"):

@@ -1,0 +1,136 @@
+"""Data-parallel training under torchrun on CPU (gloo): logs once, matches one process, resumes, fails cleanly."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import train
+from checkpoint import load_checkpoint
+from conftest import ROOT, TINY_MODEL, run_script
+from distributed_worker import fixed_batches, fresh_model_and_optimizer
+from metrics import current_records, read_metrics
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="this torch has no gloo backend")
+
+WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
+ARGS = ["--dataset=tiny", *TINY_MODEL, "--dropout=0.1", "--gradient_accumulation_steps=2", "--eval_interval=4",
+        "--checkpoint_interval=4", "--lr_decay_iters=8", "--warmup_iters=2"]
+
+
+def launch(cwd, script, *args, nproc=2, launcher=("--standalone",), timeout=120):
+    """python -m torch.distributed.run (what `torchrun` runs), with one thread per process."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc_per_node={nproc}", script, *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=120):
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def torchrun(cwd, script, *args, timeout=120, **kwargs):
+    return finish(launch(cwd, script, *args, **kwargs), timeout)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_records(out):
+    return [(r["iter"], r["loss"]) for r in current_records(read_metrics(out / "metrics.jsonl")) if r["kind"] == "train"]
+
+
+def test_two_processes_train_log_once_save_once_and_resume_exactly(workdir, monkeypatch, capsys):
+    result = torchrun(workdir, os.path.join(ROOT, "train.py"), *ARGS, "--out_dir=a", "--max_iters=8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "128 tokens per step across 2 processes" in lines[0]  # batch 4 x block 16 x 2 micro-steps in all
+    for once in ["step 0: train loss", "step 8: train loss", "done: best val loss", *[f"iter {i}/8:" for i in range(1, 9)]]:
+        assert sum(line.startswith(once) for line in lines) == 1, once  # rank 0 alone prints
+    assert sorted(p.name for p in (workdir / "a").iterdir()) == ["ckpt.pt", "last.pt", "loss.png", "metrics.jsonl"]
+    last = load_checkpoint(workdir / "a" / "last.pt")
+    assert last["iter_num"] == 8 and len(last["rng"]) == 2  # each rank's generators, for an exact resume
+    assert not torch.equal(last["rng"][0]["train"], last["rng"][1]["train"])  # ranks draw different batches
+    sample = run_script("sample.py", "--out_dir=a", "--start", "First", "--max_new_tokens=20", "--device=cpu",
+                        cwd=workdir)
+    assert sample.stdout.startswith("First")
+
+    # Stopped at 4, then resumed in the multi-node form: two launchers, one process each, meeting at an address.
+    result = torchrun(workdir, os.path.join(ROOT, "train.py"), *ARGS, "--out_dir=b", "--max_iters=4")
+    assert result.returncode == 0, result.stderr
+    port = free_port()
+    nodes = [launch(workdir, os.path.join(ROOT, "train.py"), *ARGS, "--out_dir=b", "--max_iters=8",
+                    "--init_from=resume", nproc=1, launcher=("--nnodes=2", f"--node_rank={rank}",
+                                                             "--master_addr=127.0.0.1", f"--master_port={port}"))
+             for rank in (0, 1)]
+    results = [finish(node) for node in nodes]
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert "resuming from iteration 4" in results[0].stdout and results[1].stdout == ""  # node 1 has rank 1
+    assert train_records(workdir / "b") == train_records(workdir / "a")  # loss for loss
+    resumed = load_checkpoint(workdir / "b" / "last.pt")["model"]
+    assert all(torch.equal(resumed[k], last["model"][k]) for k in resumed)
+
+    # One process carries on from the two-process run, and says its batches cannot be the same.
+    monkeypatch.chdir(workdir)
+    train.main([*ARGS, "--out_dir=a", "--max_iters=10", "--init_from=resume"])
+    out = capsys.readouterr().out
+    assert "a/last.pt was written by 2 processes and this run has 1, so its batches differ" in out
+    assert "iter 10/10" in out and "128 tokens per step" in out  # accumulation is global: the same step size
+
+
+def test_two_processes_take_the_step_of_one_with_all_the_micro_batches(workdir):
+    k = 3
+    result = torchrun(workdir, WORKER, "step", str(workdir / "ddp.pt"), str(k))
+    assert result.returncode == 0, result.stderr
+    ddp = torch.load(workdir / "ddp.pt", weights_only=True)
+    assert ddp["all_reduces"] == 1  # gradients crossed between processes once: on the last micro-step
+
+    model, optimizer = fresh_model_and_optimizer()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = train.optimizer_step(model, optimizer, fixed_batches(2 * k), torch.autocast("cpu", enabled=False),
+                                scaler, 0.0)
+    assert ddp["loss"].item() == pytest.approx(loss.item(), abs=1e-6)
+    for name, p in model.named_parameters():
+        assert (p - before[name]).abs().max() > 1e-4, name  # the step moved it: the comparison means something
+        torch.testing.assert_close(ddp["model"][name], p.detach(), atol=1e-5, rtol=0)
+
+
+def assert_one_error_line(result, *words):
+    """The error is printed once, and no process of ours prints a traceback (torchrun adds its own report).
+
+    A process that loses contact with the failed one may add one line saying so.
+    """
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")
+              and "another process of this job stopped" not in line]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr, result.stderr
+
+
+def test_accumulation_steps_must_divide_among_processes(workdir):
+    result = torchrun(workdir, os.path.join(ROOT, "train.py"), *ARGS, "--out_dir=c", "--max_iters=2",
+                      "--gradient_accumulation_steps=3", timeout=60)
+    assert_one_error_line(result, "gradient_accumulation_steps 3 must be a multiple of the number of processes (2)")
+
+
+def test_one_failing_rank_ends_the_whole_job(workdir):
+    t0 = time.monotonic()
+    result = torchrun(workdir, WORKER, "fail", *ARGS, "--out_dir=d", "--max_iters=50", timeout=90)
+    assert result.returncode != 0 and "rank 1 fails in its third step" in result.stderr
+    assert time.monotonic() - t0 < 60  # rank 0, waiting in an all-reduce, was stopped: no hang
+    assert "[rank0]: Traceback" not in result.stderr  # only the failing rank has a traceback to show
+
+    result = torchrun(workdir, WORKER, "bad_rank", *ARGS, "--out_dir=e", "--max_iters=50", timeout=90)
+    assert_one_error_line(result, "rank 1: no prepared data in data/missing")
