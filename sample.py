@@ -39,6 +39,8 @@ def parse_args(argv):
     p.add_argument("--stop", action="append", default=[], help="end a sample at this string (repeatable)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16: the weights' precision "
+                   "(auto: bf16 on GPUs and on CPUs with bf16 matrix units, else float32)")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context for every token")
     args = p.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
@@ -54,7 +56,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    gen = load(args.init_from or args.out_dir, args.device)
+    gen = load(args.init_from or args.out_dir, args.device, args.dtype)
     prompt = read_prompt(args.start)
     gen.tokenizer.encode(prompt)  # an unknown character is an error before anything is printed
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,

@@ -3,8 +3,11 @@
     python benchmarks/sampling.py                 # 6 layers, 384 wide, context 256: 500 new tokens
     python benchmarks/sampling.py --process       # also time whole `python sample.py` processes
 
-Weights are random: speed does not depend on them. The two paths alternate, so
-a noisy machine slows both alike, and the ratio is what to compare.
+Weights are random: speed does not depend on them. The paths alternate, so a
+noisy machine slows them alike, and the ratios are what to compare. --process
+times `sample.py` as shipped (KV cache, automatic precision) against
+`sample.py --no_cache --dtype float32`, the way a generator without a cache
+works: the whole context recomputed in fp32 for every token.
 """
 import argparse
 import os
@@ -21,10 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from checkpoint import save_checkpoint  # noqa: E402
+from device import pick_dtype  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from sampling import generate_tokens  # noqa: E402
 from tokenizer import CharTokenizer  # noqa: E402
-
 
 # Tiny Shakespeare's 65 characters, so sample.py's default prompt (a newline) is in the vocabulary.
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -40,19 +43,20 @@ def tokens_per_second(model, new_tokens, use_cache):
 
 
 def time_processes(model, tokenizer, new_tokens, repeats):
-    """Wall time of whole `sample.py` runs (start-up, loading, generation), cached and not."""
+    """Median wall time of whole `sample.py` runs (start-up, loading, generation), as shipped and as without a cache."""
     with tempfile.TemporaryDirectory() as out_dir:
         save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config),
                          "tokenizer": tokenizer.to_meta()}, os.path.join(out_dir, "ckpt.pt"))
-        times = {"cache": [], "no cache": []}
+        runs = {"sample.py": [], "sample.py --no_cache --dtype float32": ["--no_cache", "--dtype=float32"]}
+        times = {name: [] for name in runs}
         for _ in range(repeats):
-            for name, flags in (("cache", []), ("no cache", ["--no_cache"])):
+            for name, flags in runs.items():
                 cmd = [sys.executable, os.path.join(ROOT, "sample.py"), f"--out_dir={out_dir}", "--num_samples=1",
                        f"--max_new_tokens={new_tokens}", "--device=cpu", *flags]
                 t0 = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True)
                 times[name].append(time.perf_counter() - t0)
-        return {k: statistics.median(v) for k, v in times.items()}
+        return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -63,28 +67,40 @@ def main():
     p.add_argument("--n_embd", type=int, default=384)
     p.add_argument("--n_head", type=int, default=6)
     p.add_argument("--block_size", type=int, default=256)
+    p.add_argument("--bias", type=int, default=0, help="1 for biases in Linear and LayerNorm (the recipes have none)")
     p.add_argument("--process", action="store_true", help="also time whole sample.py processes")
     args = p.parse_args()
     tokenizer = CharTokenizer.from_text(SHAKESPEARE_CHARS)
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
-                       n_embd=args.n_embd, block_size=args.block_size)
+                       n_embd=args.n_embd, block_size=args.block_size, bias=bool(args.bias))
     model = GPT(config).eval()
+    auto = pick_dtype("auto", torch.device("cpu"))
+    dtypes = [torch.float32] + ([auto] if auto != torch.float32 else [])
+    models = {dtype: GPT(config).eval().to(dtype) for dtype in dtypes}
+    for m in models.values():
+        m.load_state_dict(model.state_dict())
     print(f"{model.num_params() / 1e6:.1f}M parameters, context {args.block_size}, {args.new_tokens} new tokens, "
           f"{torch.get_num_threads()} threads")
-    tokens_per_second(model, 20, True)  # warm up kernels and allocator
-    results = {"cache": [], "no cache": []}
+    results = {(dtype, cache): [] for dtype in dtypes for cache in (True, False)}
+    for m in models.values():
+        tokens_per_second(m, 20, True)  # warm up kernels and allocator
     for _ in range(args.repeats):
-        results["cache"].append(tokens_per_second(model, args.new_tokens, True))
-        results["no cache"].append(tokens_per_second(model, args.new_tokens, False))
-    cached, plain = statistics.median(results["cache"]), statistics.median(results["no cache"])
-    print(f"with KV cache:    {cached:8.1f} new tokens/s")
-    print(f"without (recompute the context): {plain:8.1f} new tokens/s")
-    print(f"speed-up: {cached / plain:.1f}x")
+        for dtype, cache in results:
+            results[dtype, cache].append(tokens_per_second(models[dtype], args.new_tokens, cache))
+    rate = {key: statistics.median(r) for key, r in results.items()}
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        print(f"{name:<9} with KV cache {rate[dtype, True]:7.1f} new tokens/s, recomputing the context "
+              f"{rate[dtype, False]:6.1f}: {rate[dtype, True] / rate[dtype, False]:.1f}x")
+    if auto != torch.float32:
+        print(f"{str(auto).removeprefix('torch.')} with the cache / float32 recomputing: "
+              f"{rate[auto, True] / rate[torch.float32, False]:.1f}x")
     if args.process:
         wall = time_processes(model, tokenizer, args.new_tokens, args.repeats)
-        print(f"python sample.py --max_new_tokens {args.new_tokens}: {wall['cache']:.2f}s with the cache, "
-              f"{wall['no cache']:.2f}s with --no_cache ({wall['no cache'] / wall['cache']:.1f}x)")
+        (fast, t_fast), (slow, t_slow) = wall.items()
+        print(f"{fast}: {t_fast:.2f}s; {slow}: {t_slow:.2f}s ({t_fast / t_slow:.2f} of the time, "
+              f"{args.new_tokens} new tokens, whole processes)")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_fine_tune_from_a_local_safetensors_file(bpe_workdir):
 def test_sample_from_gpt2_weights_in_a_folder(bpe_workdir):
     hf = save_tiny_hf_gpt2(bpe_workdir / "hf")
     result = run_script("sample.py", "--init_from", "hf", "--start", "Speak, speak.", "--max_new_tokens=8",
-                        "--temperature=0", "--device=cpu", cwd=bpe_workdir)
+                        "--temperature=0", "--device=cpu", "--dtype=float32", cwd=bpe_workdir)
     tokenizer = GPT2Tokenizer()
     ids = torch.tensor([tokenizer.encode("Speak, speak.")])
     expected = hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=hf.config.eos_token_id)

@@ -108,3 +108,26 @@ def test_bigram_is_a_lookup_table():
     logits, _ = model(idx)
     assert torch.equal(logits[0, 0], logits[0, 1])
     assert model.num_params() == 65 * 65
+
+
+def test_auto_attention_spells_out_bf16_training_on_cpu_only():
+    attn = GPT(tiny()).blocks[0].attn
+    q = torch.zeros(1, 4, 16, 8)
+    assert not attn._use_explicit(q, q)  # fp32: the fused kernel
+    assert attn._use_explicit(q.bfloat16(), q.bfloat16())  # bf16 training on CPU: the formula
+    with torch.no_grad():
+        assert not attn._use_explicit(q.bfloat16(), q.bfloat16())  # generation: the fused kernel
+    long = torch.zeros(1, 4, 1024, 8, dtype=torch.bfloat16)
+    assert not attn._use_explicit(long, long)
+
+
+def test_auto_attention_under_bf16_autocast_matches_fp32():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    idx = torch.randint(0, 65, (2, 16))
+    _, fp32 = model(idx, idx)
+    with torch.autocast("cpu", torch.bfloat16):
+        _, bf16 = model(idx, idx)
+    bf16.backward()
+    assert abs(bf16.item() - fp32.item()) < 0.02
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
