@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)
 
 from checkpoint import save_checkpoint  # noqa: E402
 from device import pick_dtype  # noqa: E402
+from generate import for_inference  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from sampling import generate_tokens  # noqa: E402
 from tokenizer import CharTokenizer  # noqa: E402
@@ -77,9 +78,11 @@ def main():
     model = GPT(config).eval()
     auto = pick_dtype("auto", torch.device("cpu"))
     dtypes = [torch.float32] + ([auto] if auto != torch.float32 else [])
-    models = {dtype: GPT(config).eval().to(dtype) for dtype in dtypes}
-    for m in models.values():
-        m.load_state_dict(model.state_dict())
+    models = {}
+    for dtype in dtypes:  # each prepared as sample.py prepares it
+        copy = GPT(config)
+        copy.load_state_dict(model.state_dict())
+        models[dtype] = for_inference(copy, dtype)
     print(f"{model.num_params() / 1e6:.1f}M parameters, context {args.block_size}, {args.new_tokens} new tokens, "
           f"{torch.get_num_threads()} threads")
     results = {(dtype, cache): [] for dtype in dtypes for cache in (True, False)}
