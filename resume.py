@@ -62,7 +62,11 @@ def report_changes(cfg, model_cfg, state):
         print("resuming with changed settings: " + ", ".join(changes))
 
 
-def restore_optimizer(state, optimizer, scaler, path):
+def restore_optimizer(state, optimizer, scaler, path, optimizer_name):
+    saved_name = state.get("train_config", {}).get("optimizer", "adamw")
+    if saved_name != optimizer_name:
+        raise UserError(f"{path} was trained with optimizer={saved_name!r}, and its state cannot serve "
+                        f"{optimizer_name!r}; resume with --optimizer={saved_name}")
     try:
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):

@@ -35,8 +35,10 @@ class TrainConfig:
     # batches
     batch_size: int = 12
     gradient_accumulation_steps: int = 1  # global: split across processes under torchrun
-    # AdamW and the learning-rate schedule
-    learning_rate: float = 6e-4
+    # the optimizer and the learning-rate schedule
+    optimizer: str = "adamw"  # adamw | muon: Muon for the blocks' matrices, AdamW for the rest (optimizers.py)
+    learning_rate: float = 6e-4  # AdamW's peak rate
+    muon_learning_rate: float = 0.02  # Muon's peak rate; the schedule scales it as it scales learning_rate
     max_iters: int = 5000
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -59,6 +61,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be at least 1, not {getattr(self, key)}")
         if self.max_iters < 0:
             raise ValueError(f"max_iters must be at least 0, not {self.max_iters}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be 'adamw' or 'muon', not {self.optimizer!r}")
 
 
 # Model settings live in GPTConfig alone; vocab_size comes from the dataset.

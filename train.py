@@ -26,6 +26,7 @@ from device import autocast, pick_device, pick_dtype
 from errors import UserError, run_main
 from metrics import MetricsLog, format_figures, loss_figures, start_wandb
 from model import build_model
+from optimizers import build_optimizer
 from plot import TrainingPlot
 from resume import load_resume_state, rank_rng, report_changes, restore_optimizer
 from settings import help_text, load_settings
@@ -202,8 +203,7 @@ def train(cfg, model_cfg):
             raise UserError(f"the {split} split has {len(data)} tokens, too few for block_size "
                             f"{model_cfg.block_size}; use a longer text or a smaller --block_size")
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    optimizer = model.configure_optimizer(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                          fused=device.type == "cuda")
+    optimizer = build_optimizer(model, cfg, fused=device.type == "cuda")
     # Separate generators: changing the eval cadence never changes the training batches.
     # Each rank draws its own batches; only rank 0 evaluates.
     train_gen = torch.Generator().manual_seed(cfg.seed + ddp.rank)
@@ -217,7 +217,7 @@ def train(cfg, model_cfg):
     saved_rng = None  # this rank's random state, restored last of all, just before the first step
     resumed = state is not None
     if resumed:
-        restore_optimizer(state, optimizer, scaler, last_path)
+        restore_optimizer(state, optimizer, scaler, last_path, cfg.optimizer)
         start_step, best_val_loss = state["iter_num"], state["best_val_loss"]
         tokens_seen = state.get("tokens", start_step * tokens_per_step)
         elapsed_before = state.get("elapsed", 0.0)
@@ -302,7 +302,7 @@ def train(cfg, model_cfg):
         last_step = step == cfg.max_iters
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups: their own rate, the same schedule
         just_resumed = resumed and step == start_step  # its eval and save happened before the stop
         t_pause = time.perf_counter()
         evaluating = master and not just_resumed and (step % cfg.eval_interval == 0 or last_step)

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from device import autocast, pick_device, pick_dtype, synchronize  # noqa: E402
 from model import build_model  # noqa: E402
+from optimizers import build_optimizer  # noqa: E402
 from settings import load_settings  # noqa: E402
 from throughput import flops_per_token, mfu, peak_flops  # noqa: E402
 from train import optimizer_step  # noqa: E402
@@ -33,8 +34,7 @@ class Path:
         torch.manual_seed(cfg.seed)
         self.name, self.device, self.dtype = name, device, dtype
         self.model = build_model(model_cfg).to(device)
-        self.optimizer = self.model.configure_optimizer(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                                        fused=device.type == "cuda")
+        self.optimizer = build_optimizer(self.model, cfg, fused=device.type == "cuda")
         self.step_model = torch.compile(self.model) if compile_model else self.model
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self.ctx = autocast(device, dtype)

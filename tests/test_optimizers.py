@@ -1,0 +1,91 @@
+"""optimizer='muon': Muon for the blocks' matrices, AdamW for the rest, resumable like AdamW."""
+import pytest
+import torch
+
+import train
+from conftest import TINY_MODEL
+from errors import UserError
+from model import GPT, GPTConfig
+from optimizers import OptimizerSet, build_optimizer
+from settings import TrainConfig, load_settings
+from test_resume import K, assert_same_run, run
+
+pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs PyTorch 2.9")
+
+
+def tiny_gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=32, block_size=16, bias=True))
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = tiny_gpt()
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", learning_rate=1e-3, muon_learning_rate=0.02))
+    muon = [p for g in opt.optimizers["muon"].param_groups for p in g["params"]]
+    adamw = [p for g in opt.optimizers["adamw"].param_groups for p in g["params"]]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in muon) == sorted(
+        n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2)
+    assert {names[id(p)] for p in adamw} >= {"wte.weight", "wpe.weight", "ln_f.weight", "blocks.0.ln_1.bias"}
+    assert len(muon) + len(adamw) == len(list(model.parameters()))  # each parameter once
+    assert {g["lr_scale"] for g in opt.optimizers["muon"].param_groups} == {20.0}  # 0.02 / 1e-3
+    assert {g["lr_scale"] for g in opt.optimizers["adamw"].param_groups} == {1.0}
+
+
+def test_muon_lowers_the_loss():
+    model = tiny_gpt()
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", learning_rate=3e-3, muon_learning_rate=0.02))
+    x = torch.randint(0, 65, (4, 16))
+    y = torch.roll(x, -1, dims=1)
+    first = None
+    for _ in range(20):
+        _, loss = model(x, y)
+        first = first if first is not None else loss.item()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert torch.isfinite(loss) and loss.item() < first - 1.0
+
+
+def test_muon_run_resumes_exactly(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    run(workdir / "a", f"--max_iters={2 * K}", "--optimizer=muon")
+    run(workdir / "b", f"--max_iters={K}", "--optimizer=muon")
+    run(workdir / "b", f"--max_iters={2 * K}", "--optimizer=muon", "--init_from=resume")
+    assert_same_run(workdir / "a", workdir / "b")
+
+
+def test_resuming_with_the_other_optimizer_is_refused(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    run(workdir / "a", f"--max_iters={K}", "--optimizer=muon")
+    with pytest.raises(UserError, match="trained with optimizer='muon'.*--optimizer=muon"):
+        run(workdir / "a", f"--max_iters={2 * K}", "--init_from=resume")
+
+
+def test_optimizer_set_refuses_another_state():
+    opt = build_optimizer(tiny_gpt(), TrainConfig(optimizer="muon"))
+    assert isinstance(opt, OptimizerSet)
+    with pytest.raises(ValueError, match="other optimizers"):
+        opt.load_state_dict(torch.optim.AdamW(tiny_gpt().parameters()).state_dict())
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(UserError, match="optimizer must be 'adamw' or 'muon'"):
+        load_settings(["--optimizer=sgd", *TINY_MODEL])
+
+
+def test_the_step_rate_follows_the_schedule_at_each_optimizers_scale(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    seen = []
+    real_step = train.optimizer_step
+
+    def recording_step(model, optimizer, *args, **kwargs):
+        seen.append({g["lr"] / g["lr_scale"] for g in optimizer.param_groups})
+        return real_step(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(train, "optimizer_step", recording_step)
+    run(workdir / "a", "--max_iters=4", "--optimizer=muon")
+    assert all(len(rates) == 1 for rates in seen)  # every group at the same point of the schedule
+    assert [r.pop() for r in seen] == pytest.approx([train.get_lr(s, load_settings(
+        ["--max_iters=4", "--warmup_iters=2", f"--lr_decay_iters={2 * K}", "--learning_rate=3e-3"])[0])
+        for s in range(4)])
