@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 
 
-def can_pack(device):
-    """Whether this PyTorch has oneDNN's prepacked linear and the device is a CPU."""
-    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+def can_pack(device, dtype=torch.float32):
+    """Whether this PyTorch has oneDNN's prepacked linear for this device (a CPU) and dtype (fp32 or bf16)."""
+    return (torch.device(device).type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 class PackedLinear(nn.Module):
@@ -49,10 +49,10 @@ def pack_linears(model):
     """Replace every nn.Linear of a CPU model by a PackedLinear, in place; returns the model.
 
     Call it last, after any .to(dtype): the packed weights do not follow .to().
-    Elsewhere (CUDA, MPS, a PyTorch without oneDNN) the model is returned unchanged.
+    Elsewhere (CUDA, MPS, fp16, a PyTorch without oneDNN) the model is returned unchanged.
     """
     weight = next(model.parameters(), None)
-    if weight is None or not can_pack(weight.device):
+    if weight is None or not can_pack(weight.device, weight.dtype):
         return model
     for module in list(model.modules()):
         for name, child in module.named_children():

@@ -58,6 +58,12 @@ def test_packed_state_dict_loads_into_a_plain_model():
 
 
 @needs_packing
+def test_fp16_models_are_left_unpacked():
+    model = prepared(tiny_model(), torch.float16)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+@needs_packing
 def test_packed_weights_refuse_training():
     packed = prepared(tiny_model(), torch.float32)
     x = torch.randn(1, 32, requires_grad=True)
