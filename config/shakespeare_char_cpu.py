@@ -3,7 +3,7 @@
     python prepare.py && python train.py config/shakespeare_char_cpu.py
 
 Tuned for the lowest val loss in 300 s of training on two cores (README,
-"Results", has the runs behind each choice). So short a run sees about 6M
+"Results", has the runs behind each choice). So short a run sees about 5.5M
 characters, and a small model that sees more of them beats a larger one that
 sees fewer: in about 250 s, 4 layers 192 wide reached val 1.62 and 256 wide 1.70
 (context 128), where 128 wide reached 1.56 (context 64), all with AdamW.
