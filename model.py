@@ -80,14 +80,16 @@ class CausalSelfAttention(nn.Module):
         elif self.causal and T > self.window:  # only rope models get here: attend to the last `window` positions
             i = torch.arange(T, device=x.device)
             mask, is_causal = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - self.window), False
-        if self._use_explicit(q, k):
-            y = self._explicit_attention(q, k, v, mask, is_causal)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal,
-                dropout_p=self.dropout if self.training else 0.0)
+        y = self.attend(q, k, v, mask, is_causal)
         y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, T, nh*hs): heads side by side
         return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q, k, v, mask, is_causal):
+        """Each query's weighted mix of the values: q (B, nh, T, hs), k and v (B, nh, S, hs) -> (B, nh, T, hs)."""
+        if self._use_explicit(q, k):
+            return self._explicit_attention(q, k, v, mask, is_causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                              dropout_p=self.dropout if self.training else 0.0)
 
     def _use_explicit(self, q, k):
         """Whether to spell attention out rather than call the fused kernel.

@@ -7,6 +7,8 @@ the same tokens, and tests hold them to it.
 import torch
 from torch.nn import functional as F
 
+from decode import decode_step
+
 
 def filter_top_k(logits, k):
     """Keep the k largest logits of each row; the rest become -inf."""
@@ -72,17 +74,17 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     tokens = idx
     start = window_start(model, 0, tokens.size(1))
     cache = model.new_cache(idx.size(0)) if use_cache else None
-    logits = prefill(model, tokens[:, start:], cache)
+    logits = prefill(model, tokens[:, start:], cache)[:, -1]
     for _ in range(max_new_tokens):
-        next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+        next_token = sample_next(logits, temperature, top_k, top_p, generator)
         yield next_token
         tokens = torch.cat((tokens, next_token), dim=1)
         new_start = window_start(model, start, tokens.size(1))
         if cache is None:
-            logits, _ = model(tokens[:, new_start:])
+            logits = model(tokens[:, new_start:])[0][:, -1]
         elif new_start != start and model.config.pos_encoding != "rope":
             cache.reset()  # absolute positions shifted: re-encode the kept window
-            logits, _ = model(tokens[:, new_start:], cache=cache)
+            logits = model(tokens[:, new_start:], cache=cache)[0][:, -1]
         else:
-            logits, _ = model(next_token, cache=cache)
+            logits = decode_step(model, next_token, cache)
         start = new_start

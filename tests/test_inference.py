@@ -1,19 +1,20 @@
-"""The model as generation prepares it: packed weights on CPU and an fp32 cache under bf16 weights."""
+"""The model as generation prepares it: laid-out weights on CPU, an fp32 cache under bf16 weights, one-token steps."""
 import pytest
 import torch
 
 from generate import for_inference
 from model import GPT, GPTConfig
-from packed_linear import PackedLinear, can_pack
+from decode import decode_step
+from packed_linear import PackedLinear, SplitLinear, can_pack
 from sampling import generate_tokens
 
-needs_packing = pytest.mark.skipif(not can_pack("cpu"), reason="this PyTorch has no oneDNN prepacked linear")
+needs_packing = pytest.mark.skipif(not can_pack("cpu", torch.bfloat16), reason="this PyTorch has no oneDNN prepacked linear")
 
 
-def tiny_model(bias=True, pos_encoding="learned"):
+def tiny_model(bias=True, pos_encoding="learned", activation="gelu"):
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=32, block_size=16, bias=bias,
-                       pos_encoding=pos_encoding)
+                       pos_encoding=pos_encoding, activation=activation)
     return GPT(config).eval()
 
 
@@ -27,15 +28,17 @@ def prepared(model, dtype):
 @pytest.mark.parametrize("bias", [True, False])
 def test_packed_model_computes_what_the_plain_one_does(bias):
     model = tiny_model(bias)
-    packed = prepared(model, torch.float32)
-    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 2 * 4 + 1  # 4 per block and the head
+    split = prepared(model, torch.float32)
+    assert sum(isinstance(m, SplitLinear) for m in split.modules()) == 2 * 4  # 4 per block; the 65-wide head stays
+    packed = prepared(model, torch.bfloat16)
+    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 2 * 4 + 1
     idx = torch.randint(0, 65, (2, 16))
     with torch.no_grad():
-        assert (packed(idx)[0] - model(idx)[0]).abs().max().item() < 1e-5
+        assert (split(idx)[0] - model(idx)[0]).abs().max().item() < 1e-5
         plain_bf16 = GPT(model.config)
         plain_bf16.load_state_dict(model.state_dict())
         plain_bf16 = plain_bf16.to(torch.bfloat16).eval()
-        assert torch.equal(prepared(model, torch.bfloat16)(idx)[0], plain_bf16(idx)[0])
+        assert torch.equal(packed(idx)[0], plain_bf16(idx)[0])
 
 
 @needs_packing
@@ -48,10 +51,11 @@ def test_packed_model_with_and_without_cache_identical(pos_encoding):
 
 
 @needs_packing
-def test_packed_state_dict_loads_into_a_plain_model():
-    model = tiny_model()
-    fresh = GPT(model.config).eval()
-    fresh.load_state_dict(prepared(model, torch.float32).state_dict())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepared_state_dict_loads_into_a_plain_model(dtype):
+    model = tiny_model().to(dtype)
+    fresh = GPT(model.config).to(dtype).eval()
+    fresh.load_state_dict(prepared(model, dtype).state_dict())
     idx = torch.randint(0, 65, (1, 10))
     with torch.no_grad():
         assert torch.equal(fresh(idx)[0], model(idx)[0])
@@ -64,11 +68,38 @@ def test_fp16_models_are_left_unpacked():
 
 
 @needs_packing
-def test_packed_weights_refuse_training():
-    packed = prepared(tiny_model(), torch.float32)
-    x = torch.randn(1, 32, requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_laid_out_weights_refuse_training(dtype):
+    prepared_model = prepared(tiny_model(), dtype)
+    x = torch.randn(1, 32, dtype=dtype, requires_grad=True)
     with pytest.raises(RuntimeError, match="inference"):
-        packed.blocks[0].attn.c_attn(x)
+        prepared_model.blocks[0].attn.c_attn(x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("pos_encoding,activation", [("learned", "gelu"), ("sinusoidal", "gelu_tanh"),
+                                                     ("rope", "gelu")])
+def test_decode_step_gives_the_logits_of_the_full_forward(bias, pos_encoding, activation):
+    model = tiny_model(bias, pos_encoding, activation)  # block_size 16
+    n = 40 if pos_encoding == "rope" else 16  # rotary windows slide past the context; absolute ones stop at it
+    idx = torch.randint(0, 65, (2, n))
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        full = model(idx)[0]  # with rope, a sliding window of 16 positions, as the cache keeps
+        first = model(idx[:, :3], cache=cache)[0]
+    steps = [decode_step(model, idx[:, t:t + 1], cache) for t in range(3, n)]
+    assert cache.pos == n
+    assert (torch.stack(steps, dim=1) - full[:, 3:]).abs().max().item() < 1e-5
+    assert (first - full[:, :3]).abs().max().item() < 1e-5
+
+
+def test_decode_step_refuses_positions_past_absolute_ones():
+    model = tiny_model()
+    cache = model.new_cache(1)
+    with torch.no_grad():
+        model(torch.zeros(1, 16, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="block_size"):
+        decode_step(model, torch.zeros(1, 1, dtype=torch.long), cache)
 
 
 def test_cpu_cache_is_fp32_under_bf16_weights_and_agrees_with_recomputing():
