@@ -108,9 +108,11 @@ def load(path="out-shakespeare-char", device="auto", dtype="auto"):
 
 
 def for_inference(model, dtype):
-    """The model made ready to generate: in `dtype`, eval mode, and on CPU with packed weights.
+    """The model made ready to generate: in `dtype`, eval mode, and on CPU with weights laid out
+    for one-row products.
 
     Generating a token reads every weight once, so half the bytes is much of the
-    speed, and packing (see packed_linear.py) removes a copy of each weight per call.
+    speed; the layouts (see packed_linear.py) spare oneDNN a copy of each bf16
+    weight per call and let both cores share each fp32 product.
     """
     return pack_linears(model.to(dtype).eval())

@@ -78,7 +78,7 @@ class SplitLinear(_InferenceLinear):
     def __init__(self, linear):
         super().__init__(linear)
         out, inp = linear.out_features, linear.in_features
-        self.halves = linear.weight.detach().view(2, out // 2, inp).transpose(1, 2).contiguous()  # (2, in, out/2)
+        self.halves = linear.weight.detach().reshape(2, out // 2, inp).transpose(1, 2).contiguous()  # (2, in, out/2)
         if self.bias is not None:
             self.bias_halves = self.bias.view(2, 1, out // 2)
 
@@ -100,7 +100,8 @@ def pack_linears(model):
     """Replace the nn.Linear layers of a CPU model in place by ones laid out for generation; returns the model.
 
     bf16 layers become PackedLinear, fp32 layers with an even number of outputs
-    SplitLinear (an odd one, such as a 65-character output head, is small and stays).
+    SplitLinear; one with an odd number (a 65-character or GPT-2's 50,257-token
+    output head) stays an nn.Linear.
     Call it last, after any .to(dtype): the laid-out weights do not follow .to().
     Elsewhere (CUDA, MPS, fp16, bf16 without oneDNN) the model is returned unchanged.
     """

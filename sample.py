@@ -56,10 +56,6 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    # Import leaves hundreds of thousands of objects (torch's modules) that the garbage
-    # collector would walk in every full collection and again at exit: about 0.4 s of a
-    # 3 s sample. Frozen, the collector skips them; they live as long as the process anyway.
-    gc.freeze()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     gen = load(args.init_from or args.out_dir, args.device, args.dtype)
     prompt = read_prompt(args.start)
@@ -83,4 +79,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Import leaves hundreds of thousands of objects (torch's modules) that the garbage
+    # collector would walk in every full collection and again at exit: about 0.4 s of a
+    # 3 s sample. Frozen, the collector skips them; they live as long as the process anyway.
+    # (Only as a script: frozen objects are never collected, a caller's included.)
+    gc.freeze()
     run_main(main)

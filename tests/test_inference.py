@@ -11,9 +11,9 @@ from sampling import generate_tokens
 needs_packing = pytest.mark.skipif(not can_pack("cpu", torch.bfloat16), reason="this PyTorch has no oneDNN prepacked linear")
 
 
-def tiny_model(bias=True, pos_encoding="learned", activation="gelu"):
+def tiny_model(bias=True, pos_encoding="learned", activation="gelu", vocab_size=65):
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=32, block_size=16, bias=bias,
+    config = GPTConfig(vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32, block_size=16, bias=bias,
                        pos_encoding=pos_encoding, activation=activation)
     return GPT(config).eval()
 
@@ -64,7 +64,7 @@ def test_prepared_state_dict_loads_into_a_plain_model(dtype):
 @needs_packing
 def test_fp16_models_are_left_unpacked():
     model = prepared(tiny_model(), torch.float16)
-    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert not any(isinstance(m, (PackedLinear, SplitLinear)) for m in model.modules())
 
 
 @needs_packing
@@ -91,6 +91,39 @@ def test_decode_step_gives_the_logits_of_the_full_forward(bias, pos_encoding, ac
     assert cache.pos == n
     assert (torch.stack(steps, dim=1) - full[:, 3:]).abs().max().item() < 1e-5
     assert (first - full[:, :3]).abs().max().item() < 1e-5
+
+
+@needs_packing
+@pytest.mark.parametrize("dtype,vocab_size", [(torch.bfloat16, 65), (torch.float32, 64)])
+def test_decode_step_on_a_prepared_model_gives_what_its_forward_gives(dtype, vocab_size):
+    # bf16: packed weights and an fp32 cache, the default on this CPU; fp32 with an even
+    # vocabulary: the tied output head is split too.
+    model = prepared(tiny_model(pos_encoding="rope", vocab_size=vocab_size), dtype)
+    idx = torch.randint(0, vocab_size, (3, 30))  # past block_size: the cache slides
+    caches = model.new_cache(3), model.new_cache(3)
+    with torch.no_grad():
+        model(idx[:, :2], cache=caches[0])
+        model(idx[:, :2], cache=caches[1])
+        forward = torch.cat([model(idx[:, t:t + 1], cache=caches[0])[0] for t in range(2, 30)], dim=1)
+    steps = torch.stack([decode_step(model, idx[:, t:t + 1], caches[1]) for t in range(2, 30)], dim=1)
+    assert torch.equal(steps, forward)
+
+
+def test_decode_step_in_train_mode_applies_dropout_as_forward_does():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.5)).train()
+    idx = torch.randint(0, 65, (1, 4))
+    cache = model.new_cache(1)
+    with torch.no_grad():
+        model(idx[:, :3], cache=cache)
+    torch.manual_seed(1)
+    step = decode_step(model, idx[:, 3:], cache)
+    cache.pos -= 1  # the same position again
+    cache.length -= 1
+    torch.manual_seed(1)
+    with torch.no_grad():
+        forward = model(idx[:, 3:], cache=cache)[0][:, -1]
+    assert torch.equal(step, forward)
 
 
 def test_decode_step_refuses_positions_past_absolute_ones():
