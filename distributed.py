@@ -63,6 +63,10 @@ class Distributed:
 
     def cleanup(self):
         if dist.is_initialized():
+            # Every rank arrives before any tears its connections down. Without this, a
+            # rank that finished first (rank 0 was still writing its files) sometimes
+            # aborted at exit under gloo: 'terminate called without an active exception'.
+            dist.barrier()
             dist.destroy_process_group()
 
 
