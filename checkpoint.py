@@ -155,8 +155,7 @@ def load_model(path, device="cpu"):
     from tokenizer import load_tokenizer
     state = load_checkpoint(resolve_checkpoint(path), device)
     try:
-        model = build_model(GPTConfig(**state["model_config"]))
-        model.load_state_dict(state["model"])
+        model = build_model(GPTConfig(**state["model_config"]), state["model"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise UserError(f"{path} does not hold a model this project can build ({str(e).splitlines()[0][:160]})") from None
     return model.to(device).eval(), load_tokenizer(state["tokenizer"]), state

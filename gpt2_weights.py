@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from errors import UserError
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, NoInit
 from prepare import Progress
 
 # The four sizes OpenAI released (Radford et al. 2019), by their Hugging Face names.
@@ -233,6 +233,7 @@ def load_pretrained(source, dropout=0.0):
     weights, config_path = resolve(source)
     tensors, data_start = read_header(weights)
     config = config_from_json(config_path, source) if config_path else config_from_shapes(tensors, weights)
-    model = GPT(replace(config, dropout=dropout))
+    with NoInit():  # load_weights fills every parameter, or refuses the file
+        model = GPT(replace(config, dropout=dropout))
     load_weights(model, weights, tensors, data_start)
     return model

@@ -131,3 +131,23 @@ def test_auto_attention_under_bf16_autocast_matches_fp32():
     bf16.backward()
     assert abs(bf16.item() - fp32.item()) < 0.02
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kw", [dict(pos_encoding="learned"), dict(pos_encoding="sinusoidal"),
+                                dict(pos_encoding="rope", bias=False), dict(arch="bigram")])
+def test_built_from_weights_computes_what_the_original_does(kw):
+    torch.manual_seed(0)
+    original = build_model(tiny(**kw)).eval()
+    loaded = build_model(tiny(**kw), original.state_dict()).eval()  # no random init, then the weights
+    idx = torch.randint(0, 65, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx)[0], original(idx)[0])  # also the sinusoidal table, which is not saved
+    if kw.get("arch") != "bigram":
+        assert loaded.lm_head.weight is loaded.wte.weight  # still one tied matrix
+
+
+def test_built_from_weights_refuses_a_state_dict_that_does_not_fill_it():
+    weights = GPT(tiny()).state_dict()
+    del weights["ln_f.weight"]
+    with pytest.raises(RuntimeError, match="ln_f.weight"):
+        build_model(tiny(), weights)
