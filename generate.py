@@ -33,6 +33,7 @@ class Generator:
 
     def __init__(self, model, tokenizer, device):
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.steps = 0  # tokens generated per sample by the latest call, fewer than asked when all stopped early
 
     def stream_batch(self, prompt, num_samples=1, max_new_tokens=500, temperature=0.8, top_k=200, top_p=None,
                      stop=None, seed=None, use_cache=True):
@@ -54,7 +55,9 @@ class Generator:
         shown = [0] * num_samples  # characters of each sample already yielded
         done = [False] * num_samples
         steps = generate_tokens(self.model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+        self.steps = 0
         for step, tokens in enumerate(steps):
+            self.steps = step + 1
             last = step == max_new_tokens - 1
             pieces = []
             for i in range(num_samples):

@@ -75,7 +75,7 @@ def main(argv=None):
             print(text)
             if i < args.num_samples - 1:
                 print("-" * 40)
-    print(f"[{args.num_samples} x {args.max_new_tokens} tokens in {time.perf_counter() - t0:.2f}s]", file=sys.stderr)
+    print(f"[{args.num_samples} x {gen.steps} tokens in {time.perf_counter() - t0:.2f}s]", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ def test_stop_string_ends_the_text_there():
     generated = full[len("All:"):]
     stop = generated[20:22]  # a string the greedy continuation is known to contain
     first = generated.find(stop)
+    assert gen.steps == 200
     text = gen("All:", max_new_tokens=200, temperature=0, stop=stop)
     assert text == "All:" + generated[:first]
     assert stop not in text[len("All:"):]
+    assert gen.steps == first + len(stop)  # one character a token: generation ended with the stop string
 
 
 def test_stream_yields_the_same_text_piece_by_piece():
