@@ -51,7 +51,7 @@ class Generator:
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        new_ids = [[] for _ in range(num_samples)]
+        new_bytes = [bytearray() for _ in range(num_samples)]  # each token's bytes appended: no re-decoding
         shown = [0] * num_samples  # characters of each sample already yielded
         done = [False] * num_samples
         steps = generate_tokens(self.model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
@@ -64,8 +64,8 @@ class Generator:
                 if done[i]:
                     pieces.append("")
                     continue
-                new_ids[i].append(int(tokens[i, 0]))
-                text = _valid_utf8_prefix(self.tokenizer.decode_bytes(new_ids[i]))
+                new_bytes[i] += self.tokenizer.decode_bytes([int(tokens[i, 0])])
+                text = _valid_utf8_prefix(new_bytes[i])
                 cut = min((text.find(s) for s in stops if s in text), default=-1)
                 if cut >= 0:
                     text, done[i] = text[:cut], True

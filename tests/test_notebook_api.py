@@ -38,6 +38,27 @@ def test_stream_yields_the_same_text_piece_by_piece():
     assert "First" + "".join(pieces) == gen("First", max_new_tokens=40, seed=3)
 
 
+class ByteTokenizer:
+    """Token i is byte i: a character of several UTF-8 bytes takes several tokens."""
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode_bytes(self, ids):
+        return bytes(ids)
+
+
+def test_stream_holds_back_a_character_cut_between_tokens(monkeypatch):
+    text = "né ☃!"
+    def replay(model, idx, max_new_tokens, *args):  # the model "generates" text's bytes, one a step
+        for b in text.encode("utf-8")[:max_new_tokens]:
+            yield torch.tensor([[b]])
+    monkeypatch.setattr("generate.generate_tokens", replay)
+    gen = Generator(None, ByteTokenizer(), torch.device("cpu"))
+    pieces = list(gen.stream_batch("x", max_new_tokens=len(text.encode("utf-8"))))
+    assert [p[0] for p in pieces] == ["n", "", "é", " ", "", "", "☃", "!"]  # é is 2 bytes, ☃ 3
+
+
 def test_seeded_samples_repeat_and_num_samples_gives_a_list():
     gen = tiny_generator()
     assert gen("All:", max_new_tokens=30, seed=1) == gen("All:", max_new_tokens=30, seed=1)
