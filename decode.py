@@ -28,7 +28,10 @@ def decode_step(model, tokens, cache):
     pos = cache.pos
     if c.pos_encoding != "rope" and pos >= c.block_size:
         raise ValueError(f"sequence of {pos + 1} tokens is longer than block_size {c.block_size}")
-    x = model.wte(tokens)  # (B, 1, C)
+    # Layers are called through .forward: nn.Module.__call__'s hook handling costs a few
+    # microseconds a call, and a token makes about 50 calls (7% of a token here, fp32 or
+    # bf16). So forward hooks do not run here; GPT.forward, the prompt's pass, runs them.
+    x = model.wte.forward(tokens)  # (B, 1, C)
     rope = None
     if c.pos_encoding == "learned":
         x = x + model.wpe.weight[pos]
@@ -39,13 +42,13 @@ def decode_step(model, tokens, cache):
     cache.prepare(1)
     for layer, block in enumerate(model.blocks):
         attn, mlp = block.attn, block.mlp
-        qkv = attn.c_attn(block.ln_1(x)).view(B, 3, nh, 1, hs)  # one position: q, k, v split by views alone
+        qkv = attn.c_attn.forward(block.ln_1.forward(x)).view(B, 3, nh, 1, hs)  # one position: split by views
         q, k, v = qkv.unbind(1)  # each (B, nh, 1, hs)
         if rope is not None:
             q, k = apply_rotary(qkv[:, :2], *rope).unbind(1)
         k, v, _, _ = cache.update(layer, k, v)  # (B, nh, S, hs): every kept key is visible to the new query
         y = attn.attend(q.to(k.dtype), k, v, None, False)  # (B, nh, 1, hs)
-        x = x + attn.c_proj(y.to(x.dtype).reshape(B, 1, C))  # a copy only where a kernel returned padded heads
-        x = x + mlp.c_proj(mlp.gelu(mlp.c_fc(block.ln_2(x))))
+        x = x + attn.c_proj.forward(y.to(x.dtype).reshape(B, 1, C))  # a copy only where a kernel returned padded heads
+        x = x + mlp.c_proj.forward(mlp.gelu.forward(mlp.c_fc.forward(block.ln_2.forward(x))))
     cache.commit(1)
-    return model.lm_head(model.ln_f(x)).view(B, -1)
+    return model.lm_head.forward(model.ln_f.forward(x)).view(B, -1)
