@@ -7,12 +7,13 @@ nn.Linear is slow at that on a CPU, differently in each precision:
 - bf16: oneDNN copies a plain (out, in) weight into its own blocked layout on
   every call. PackedLinear lays it out once: a token's products took 1.0 ms
   instead of 2.1 on a 2-core Zen 4 (10.7M parameters), bit for bit the same.
-  It also applies each MLP's GELU within its first product's call.
+  It also applies each MLP's GELU within its first product's call. oneDNN
+  runs a one-row product on one core: two threads took as long as one.
 - fp32: MKL's matrix-vector product runs on one core, and oneDNN's packed one
   carries about 15 us of fixed cost per call. SplitLinear sees the weight as
   two halves of its output rows, so MKL's batched product runs one half on each
   core, as dot products of weight rows with the input: a token's 24 products,
-  which read 42 MB, took about 1.0 ms against 3.8 for nn.Linear. Products of
+  which read 42 MB, took 1.0 to 1.3 ms against 3.8 for nn.Linear. Products of
   many rows (prompts) run at nn.Linear's speed. Sums may round differently
   from nn.Linear's, within 1e-6 here.
 
