@@ -63,6 +63,29 @@ def test_packed_products_are_nn_linear_and_gelu_rounded_once(approximate):
 
 
 @needs_packing
+@pytest.mark.parametrize("approximate", [None, "tanh"])
+def test_packed_one_row_is_pytorchs_product_with_onednn_switched_back(approximate):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(384, 128).to(torch.bfloat16)
+    x = torch.randn(1, 1, 384, dtype=torch.bfloat16)
+    packed = PackedLinear(linear, gelu=approximate)
+    with torch.no_grad():
+        for onednn in (True, False):  # whatever the caller had set is left set
+            torch.backends.mkldnn.set_flags(onednn)
+            y = packed(x)
+            assert torch._C._get_mkldnn_enabled() is onednn
+        torch.backends.mkldnn.set_flags(False)
+        expected = linear(x)  # PyTorch's own product: oneDNN is off
+        torch.backends.mkldnn.set_flags(True)
+    if approximate is not None:
+        expected = torch.nn.functional.gelu(expected, approximate=approximate)
+    assert y.shape == (1, 1, 128) and torch.equal(y, expected)
+    if approximate is None:  # fp32 sums, rounded once
+        sums = torch.nn.functional.linear(x.float(), linear.weight.float(), linear.bias.float())
+        assert torch.allclose(y.float(), sums, rtol=2 ** -7, atol=1e-6)
+
+
+@needs_packing
 @pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
 def test_packed_model_with_and_without_cache_identical(pos_encoding):
     packed = prepared(tiny_model(pos_encoding=pos_encoding), torch.float32)
