@@ -115,7 +115,7 @@ def for_inference(model, dtype):
     for one-row products.
 
     Generating a token reads every weight once, so half the bytes is much of the
-    speed; the layouts (see packed_linear.py) spare oneDNN a copy of each bf16
-    weight per call and let both cores share each fp32 product.
+    speed; the layers of packed_linear.py send each product to the kernel that
+    is fastest for its number of rows, and let both cores share one-row products.
     """
     return pack_linears(model.to(dtype).eval())
