@@ -30,7 +30,8 @@ def decode_step(model, tokens, cache):
         raise ValueError(f"sequence of {pos + 1} tokens is longer than block_size {c.block_size}")
     # Layers are called through .forward: nn.Module.__call__'s hook handling costs a few
     # microseconds a call, and a token makes about 50 calls (7% of a token here, fp32 or
-    # bf16). So forward hooks do not run here; GPT.forward, the prompt's pass, runs them.
+    # bf16). So hooks (pre- and post-forward) and compiled wrappers do not run here;
+    # GPT.forward, the prompt's pass, runs them.
     x = model.wte.forward(tokens)  # (B, 1, C)
     rope = None
     if c.pos_encoding == "learned":

@@ -51,7 +51,7 @@ class Generator:
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        new_bytes = [bytearray() for _ in range(num_samples)]  # each token's bytes appended: no re-decoding
+        new_bytes = [bytearray() for _ in range(num_samples)]  # the tokenizer decodes each token once
         shown = [0] * num_samples  # characters of each sample already yielded
         done = [False] * num_samples
         steps = generate_tokens(self.model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)

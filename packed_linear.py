@@ -5,11 +5,12 @@ token for the 6-layer model, each reading its whole weight. PyTorch's plain
 nn.Linear is slow at that on a CPU, differently in each precision:
 
 - bf16: oneDNN copies a plain (out, in) weight into its own blocked layout on
-  every call. PackedLinear lays it out once: a token's products took 1.0 ms
-  instead of 2.1 on a 2-core Zen 4 (10.7M parameters), bit for bit the same.
-  It also applies each MLP's GELU within its first product's call. oneDNN
-  runs a one-row product on one core, though, so a single row goes instead to
-  PyTorch's own matrix-vector product on the plain weight, which uses both.
+  every call. PackedLinear lays it out once for products of several rows: a
+  token's products took 1.0 ms instead of 2.1 on a 2-core Zen 4 (10.7M
+  parameters), bit for bit the same, and it applies each MLP's GELU within its
+  first product's call. oneDNN runs a one-row product on one core, though, so
+  a single row goes instead to PyTorch's own matrix-vector product on the
+  plain weight, which uses both.
 - fp32: MKL's matrix-vector product runs on one core, and oneDNN's packed one
   carries about 15 us of fixed cost per call. SplitLinear sees the weight as
   two halves of its output rows, so MKL's batched product runs one half on each
@@ -21,6 +22,8 @@ nn.Linear is slow at that on a CPU, differently in each precision:
 Both take no gradient (inference only) and save their weight as the nn.Linear
 they replace, so a prepared model's state_dict loads into a plain GPT.
 """
+import threading
+
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
@@ -67,20 +70,28 @@ class PackedLinear(_InferenceLinear):
     product, which spreads W's rows over the cores and accumulates in fp32; it
     runs only while oneDNN is switched off, since PyTorch hands bf16 products to
     oneDNN whenever it may, and oneDNN runs a one-row product on one core. A
-    decode step took 1.9 ms that way against 2.6 ms through the blocked layout.
+    decode step took 2.06 ms that way against 2.54 ms through the blocked layout.
     Several rows (prompts, batches of samples) go to oneDNN's blocked layout:
     4 rows took 0.9 ms against 3.5 ms in PyTorch's product, which is only fast
     for one. The two bf16 copies take the memory of one fp32 weight.
 
-    `gelu` is None, or GELU's `approximate` ("none" or "tanh"): oneDNN then applies
-    GELU to the fp32 sums before rounding them to bf16, which saves a separate
-    pass (the separate call cost about 20 us a layer) and one rounding.
+    oneDNN's switch is global. A lock keeps overlapping one-row calls from
+    restoring each other's setting; bf16 products other threads run meanwhile
+    may go to PyTorch's kernels.
+
+    `gelu` is None, or GELU's `approximate` ("none" or "tanh"). For several rows
+    oneDNN applies GELU to the fp32 sums before rounding them to bf16, which saves
+    a separate pass (about 20 us a layer) and one rounding; one row takes GELU of
+    the rounded output, a separate call. So bf16 logits of one row and of several
+    differ slightly (up to 0.016 over 20 tokens of the 6-layer model, logits up to 2).
     """
+
+    _onednn_switch = threading.Lock()
 
     def __init__(self, linear, gelu=None):
         super().__init__(linear)
         self.weight = linear.weight.detach()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)  # laid out for few-row inputs
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)  # oneDNN's hint: inputs of 1 row
         self.gelu = gelu
 
     def forward(self, x):
@@ -92,12 +103,13 @@ class PackedLinear(_InferenceLinear):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [None], self.gelu)
 
     def _one_row(self, x):
-        onednn = torch._C._get_mkldnn_enabled()
-        torch._C._set_mkldnn_enabled(False)  # a global switch: restored before returning
-        try:
-            y = F.linear(x, self.weight, self.bias)
-        finally:
-            torch._C._set_mkldnn_enabled(onednn)
+        with self._onednn_switch:
+            onednn = torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)
+            try:
+                y = F.linear(x, self.weight, self.bias)
+            finally:
+                torch._C._set_mkldnn_enabled(onednn)
         return y if self.gelu is None else F.gelu(y, approximate=self.gelu)
 
     def dense_weight(self):
@@ -148,8 +160,9 @@ def pack_linears(model):
     bf16 layers become PackedLinear, fp32 layers with an even number of outputs
     SplitLinear; one with an odd number (a 65-character or GPT-2's 50,257-token
     output head) stays an nn.Linear. In bf16, each MLP's GELU (model.MLP: c_fc,
-    then gelu) moves into its c_fc product, and the gelu layer becomes an identity.
-    Call it last, after any .to(dtype): the laid-out weights do not follow .to().
+    then gelu) moves into its c_fc layer, and the gelu layer becomes an identity.
+    Call it last, after any .to(dtype) or change of weights: the laid-out weights
+    follow neither (prepare a fresh model instead).
     Elsewhere (CUDA, MPS, fp16, bf16 without oneDNN) the model is returned unchanged.
     """
     weight = next(model.parameters(), None)

@@ -1,10 +1,13 @@
 """The model as generation prepares it: laid-out weights on CPU, an fp32 cache under bf16 weights, one-token steps."""
 import pytest
+import threading
+
 import torch
 
 from generate import for_inference
 from model import GPT, GPTConfig
 from decode import decode_step
+import packed_linear
 from packed_linear import PackedLinear, SplitLinear, can_pack
 from sampling import generate_tokens
 
@@ -34,7 +37,7 @@ def test_packed_model_computes_what_the_plain_one_does(bias):
     assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 2 * 4 + 1
     assert all(block.mlp.c_fc.gelu == "none" and isinstance(block.mlp.gelu, torch.nn.Identity)
                for block in packed.blocks)
-    idx = torch.randint(0, 65, (2, 16))
+    idx = torch.randint(0, 65, (3, 16))  # 48 rows: more than SplitLinear.FEW_ROWS
     with torch.no_grad():
         full = model(idx)[0]
         assert (split(idx)[0] - full).abs().max().item() < 1e-5
@@ -63,26 +66,59 @@ def test_packed_products_are_nn_linear_and_gelu_rounded_once(approximate):
 
 
 @needs_packing
-@pytest.mark.parametrize("approximate", [None, "tanh"])
-def test_packed_one_row_is_pytorchs_product_with_onednn_switched_back(approximate):
+@pytest.mark.parametrize("approximate", [None, "none", "tanh"])
+def test_packed_one_row_runs_with_onednn_off_and_switches_it_back(approximate, monkeypatch):
     torch.manual_seed(0)
     linear = torch.nn.Linear(384, 128).to(torch.bfloat16)
     x = torch.randn(1, 1, 384, dtype=torch.bfloat16)
     packed = PackedLinear(linear, gelu=approximate)
-    with torch.no_grad():
-        for onednn in (True, False):  # whatever the caller had set is left set
-            torch.backends.mkldnn.set_flags(onednn)
-            y = packed(x)
-            assert torch._C._get_mkldnn_enabled() is onednn
-        torch.backends.mkldnn.set_flags(False)
-        expected = linear(x)  # PyTorch's own product: oneDNN is off
-        torch.backends.mkldnn.set_flags(True)
+    seen, linear_product = [], torch.nn.functional.linear
+    def recording_linear(*args):
+        seen.append(torch._C._get_mkldnn_enabled())
+        return linear_product(*args)
+    monkeypatch.setattr(packed_linear.F, "linear", recording_linear)
+    was = torch._C._get_mkldnn_enabled()
+    outputs = []
+    try:
+        with torch.no_grad():
+            for onednn in (True, False):  # whatever the caller had set is left set
+                torch._C._set_mkldnn_enabled(onednn)
+                outputs.append(packed(x))
+                assert torch._C._get_mkldnn_enabled() is onednn
+    finally:
+        torch._C._set_mkldnn_enabled(was)
+    assert seen == [False, False]  # the product ran with oneDNN off both times
+    assert torch.equal(outputs[0], outputs[1]) and outputs[0].shape == (1, 1, 128)
+    sums = torch.nn.functional.linear(x.float(), linear.weight.float(), linear.bias.float())
     if approximate is not None:
-        expected = torch.nn.functional.gelu(expected, approximate=approximate)
-    assert y.shape == (1, 1, 128) and torch.equal(y, expected)
-    if approximate is None:  # fp32 sums, rounded once
-        sums = torch.nn.functional.linear(x.float(), linear.weight.float(), linear.bias.float())
-        assert torch.allclose(y.float(), sums, rtol=2 ** -7, atol=1e-6)
+        sums = torch.nn.functional.gelu(sums.to(torch.bfloat16).float(), approximate=approximate)  # of the rounded sums
+    assert torch.allclose(outputs[0].float(), sums, rtol=2 ** -7, atol=1e-6)  # within one bf16 step
+
+
+@needs_packing
+def test_one_row_calls_from_threads_leave_onednn_on():
+    linear = PackedLinear(torch.nn.Linear(16, 16).to(torch.bfloat16))
+    x = torch.randn(1, 16, dtype=torch.bfloat16)
+    def work():
+        with torch.no_grad():
+            for _ in range(5000):
+                linear(x)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch._C._get_mkldnn_enabled()
+
+
+@needs_packing
+@pytest.mark.parametrize("rows", [(1,), (3, 1), (32,), (33,), (4, 9)])
+def test_split_products_equal_nn_linear_for_any_number_of_rows(rows):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 64)
+    x = torch.randn(*rows, 48)
+    with torch.no_grad():
+        assert (SplitLinear(linear)(x) - linear(x)).abs().max().item() < 1e-5
 
 
 @needs_packing
@@ -138,13 +174,14 @@ def test_decode_step_gives_the_logits_of_the_full_forward(bias, pos_encoding, ac
 
 
 @needs_packing
+@pytest.mark.parametrize("batch", [1, 3])  # one row a product (the default sample), and several
 @pytest.mark.parametrize("dtype,vocab_size", [(torch.bfloat16, 65), (torch.float32, 64)])
-def test_decode_step_on_a_prepared_model_gives_what_its_forward_gives(dtype, vocab_size):
+def test_decode_step_on_a_prepared_model_gives_what_its_forward_gives(dtype, vocab_size, batch):
     # bf16: packed weights and an fp32 cache, the default on this CPU; fp32 with an even
     # vocabulary: the tied output head is split too.
     model = prepared(tiny_model(pos_encoding="rope", vocab_size=vocab_size), dtype)
-    idx = torch.randint(0, vocab_size, (3, 30))  # past block_size: the cache slides
-    caches = model.new_cache(3), model.new_cache(3)
+    idx = torch.randint(0, vocab_size, (batch, 30))  # past block_size: the cache slides
+    caches = model.new_cache(batch), model.new_cache(batch)
     with torch.no_grad():
         model(idx[:, :2], cache=caches[0])
         model(idx[:, :2], cache=caches[1])
