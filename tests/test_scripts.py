@@ -1,7 +1,11 @@
 """The command-line scripts end to end, as subprocesses, on a tiny text."""
+import os
+import subprocess
+import sys
+
 import torch
 
-from conftest import TINY_MODEL, run_script
+from conftest import ROOT, TINY_MODEL, run_script
 
 
 def train_tiny(workdir, *extra):
@@ -26,6 +30,18 @@ def test_sample_prompt_from_file(workdir):
     result = run_script("sample.py", "--out_dir=out", "--start", "FILE:prompt.txt", "--max_new_tokens=5",
                         "--device=cpu", cwd=workdir)
     assert result.stdout.startswith("All:\n")
+
+
+def test_sample_piped_into_a_reader_that_stops_early(workdir):
+    train_tiny(workdir)
+    cmd = [sys.executable, os.path.join(ROOT, "sample.py"), "--out_dir=out", "--max_new_tokens=100000", "--device=cpu"]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    proc.stdout.read(20)  # like `python sample.py | head -c 20`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1  # ended by the closed pipe, long before 100,000 tokens
+    assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
 def test_help(workdir):
