@@ -1,5 +1,6 @@
 """Data-parallel training under torchrun on CPU (gloo): logs once, matches one process, resumes, fails cleanly."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,11 +28,17 @@ def launch(cwd, script, *args, nproc=2, launcher=("--standalone",), timeout=120)
     """python -m torch.distributed.run (what `torchrun` runs), with one thread per process."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc_per_node={nproc}", script, *args]
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, so a hung run can be stopped whole
 
 
 def finish(proc, timeout=120):
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {' '.join(proc.args)}\n{out}\n{err}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -72,7 +79,12 @@ def test_two_processes_train_log_once_save_once_and_resume_exactly(workdir, monk
                     "--init_from=resume", nproc=1, launcher=("--nnodes=2", f"--node_rank={rank}",
                                                              "--master_addr=127.0.0.1", f"--master_port={port}"))
              for rank in (0, 1)]
-    results = [finish(node) for node in nodes]
+    try:
+        results = [finish(node) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:  # left running by the other's failure
+                os.killpg(node.pid, signal.SIGKILL)
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     assert "resuming from iteration 4" in results[0].stdout and results[1].stdout == ""  # node 1 has rank 1
     assert train_records(workdir / "b") == train_records(workdir / "a")  # loss for loss
