@@ -7,13 +7,15 @@ the layers' own modules and weights, no dropout (in eval mode; a model in train
 mode is handed to GPT.forward), no permutes (with one position,
 every head split is a view), positions looked up directly. Outside the matrix
 products a token of the 6-layer model took 0.76 ms here against GPT.forward's
-1.19 ms (bf16, 2-core Zen 4). Its logits match GPT.forward's (tests hold them
-to 1e-5 in fp32).
+1.19 ms (bf16, 2-core Zen 4). On a CPU the step runs with oneDNN switched off
+(see packed_linear.onednn_disabled): its fixed cost per call is larger than a
+one-token op. Its logits match GPT.forward's (tests hold them to 1e-5 in fp32).
 """
 import math
 
 import torch
 
+from packed_linear import onednn_disabled
 from positions import apply_rotary, rotary_cos_sin
 
 
@@ -22,6 +24,13 @@ def decode_step(model, tokens, cache):
     """Logits (B, vocab_size) for tokens (B, 1), the next position of every row; the cache advances by one."""
     if model.training:  # dropout applies: GPT.forward has every dropout layer
         return model(tokens, cache=cache)[0][:, -1]
+    if tokens.device.type != "cpu":
+        return _flat_step(model, tokens, cache)
+    with onednn_disabled():  # its fixed cost per call outweighs one token's work in every op here
+        return _flat_step(model, tokens, cache)
+
+
+def _flat_step(model, tokens, cache):
     c = model.config
     B, C, nh = tokens.size(0), c.n_embd, c.n_head
     hs = C // nh

@@ -33,7 +33,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
     logits = logits.float() / temperature
-    if top_k:
+    if top_k and top_k < logits.size(-1):  # k >= vocabulary keeps every token: nothing to filter
         logits = filter_top_k(logits, top_k)
     if top_p is not None and top_p < 1.0:
         logits = filter_top_p(logits, top_p)
