@@ -17,6 +17,7 @@ class KVCache:
         shape = (n_layer, batch_size, n_head, capacity, head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._layers = [(self.k[i], self.v[i]) for i in range(n_layer)]  # views, so a step indexes less
         self.window = window
         self.capacity = capacity
         self.length = 0  # filled entries of the buffer
@@ -47,10 +48,11 @@ class KVCache:
         """
         T = k.shape[2]
         end = self._start + T
-        self.k[layer, :, :, self._start:end] = k
-        self.v[layer, :, :, self._start:end] = v
+        layer_k, layer_v = self._layers[layer]
+        layer_k.narrow(2, self._start, T).copy_(k)
+        layer_v.narrow(2, self._start, T).copy_(v)
         lo = max(0, end - self.window - T + 1)  # the first new query still sees `window` keys
-        keys, values = self.k[layer, :, :, lo:end], self.v[layer, :, :, lo:end]
+        keys, values = layer_k.narrow(2, lo, end - lo), layer_v.narrow(2, lo, end - lo)
         if T == 1:
             return keys, values, None, False  # one query sees every kept key
         if lo == 0 and self._start == 0:

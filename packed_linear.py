@@ -30,7 +30,14 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 
-_onednn_switch = threading.RLock()  # reentrant: a decode step holds it around its one-row products
+_onednn_switch = threading.Lock()
+
+
+class _ThisThread(threading.local):
+    onednn_off = False  # whether this thread holds the switch off (within onednn_disabled)
+
+
+_this_thread = _ThisThread()
 
 
 @contextlib.contextmanager
@@ -44,13 +51,19 @@ def onednn_disabled():
     bf16 and 8% less in fp32 with the switch off. The switch is global: a lock
     keeps overlapping blocks from restoring each other's setting, and products
     other threads run meanwhile may go to PyTorch's kernels instead of oneDNN's.
+    Nested blocks (a decode step's one-row products) find it off already.
     """
+    if _this_thread.onednn_off:
+        yield
+        return
     with _onednn_switch:
         enabled = torch._C._get_mkldnn_enabled()
         torch._C._set_mkldnn_enabled(False)
+        _this_thread.onednn_off = True
         try:
             yield
         finally:
+            _this_thread.onednn_off = False
             torch._C._set_mkldnn_enabled(enabled)
 
 
@@ -126,11 +139,13 @@ class PackedLinear(_InferenceLinear):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [None], self.gelu)
 
     def _one_row(self, x):
+        if not _this_thread.onednn_off:
+            with onednn_disabled():
+                return self._one_row(x)
         row = x.reshape(self.in_features)
-        with onednn_disabled():
-            y = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
-            if self.gelu is not None:
-                y = F.gelu(y, approximate=self.gelu)
+        y = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
+        if self.gelu is not None:
+            y = F.gelu(y, approximate=self.gelu)
         return y.view(*x.shape[:-1], self.out_features)
 
     def dense_weight(self):
