@@ -26,7 +26,7 @@ def decode_step(model, tokens, cache):
         return model(tokens, cache=cache)[0][:, -1]
     if tokens.device.type != "cpu":
         return _flat_step(model, tokens, cache)
-    with onednn_disabled():  # its fixed cost per call outweighs one token's work in every op here
+    with onednn_disabled():  # oneDNN's fixed cost per call outweighs one token's work in every op here
         return _flat_step(model, tokens, cache)
 
 

@@ -17,7 +17,6 @@ class KVCache:
         shape = (n_layer, batch_size, n_head, capacity, head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self._layers = [(self.k[i], self.v[i]) for i in range(n_layer)]  # views, so a step indexes less
         self.window = window
         self.capacity = capacity
         self.length = 0  # filled entries of the buffer
@@ -48,7 +47,7 @@ class KVCache:
         """
         T = k.shape[2]
         end = self._start + T
-        layer_k, layer_v = self._layers[layer]
+        layer_k, layer_v = self.k.select(0, layer), self.v.select(0, layer)
         layer_k.narrow(2, self._start, T).copy_(k)
         layer_v.narrow(2, self._start, T).copy_(v)
         lo = max(0, end - self.window - T + 1)  # the first new query still sees `window` keys

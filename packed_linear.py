@@ -49,18 +49,20 @@ def onednn_disabled():
     exact GELU of 1,536 values took 8.6 us through oneDNN and 2.1 us in PyTorch's
     own kernel, and a whole decode step of the 6-layer model took 10% less in
     bf16 and 8% less in fp32 with the switch off. The switch is global: a lock
-    keeps overlapping blocks from restoring each other's setting, and products
-    other threads run meanwhile may go to PyTorch's kernels instead of oneDNN's.
-    Nested blocks (a decode step's one-row products) find it off already.
+    keeps overlapping blocks from restoring each other's setting, so blocks in
+    different threads (decode steps, one-row products) run one at a time, and
+    ops other threads run meanwhile go to PyTorch's kernels instead of oneDNN's.
+    Nested blocks in the same thread (a decode step's one-row products) find it
+    off already; code within a block must not wait on another thread's block.
     """
     if _this_thread.onednn_off:
         yield
         return
     with _onednn_switch:
         enabled = torch._C._get_mkldnn_enabled()
-        torch._C._set_mkldnn_enabled(False)
-        _this_thread.onednn_off = True
         try:
+            torch._C._set_mkldnn_enabled(False)
+            _this_thread.onednn_off = True
             yield
         finally:
             _this_thread.onednn_off = False
@@ -109,8 +111,8 @@ class PackedLinear(_InferenceLinear):
     runs only while oneDNN is switched off, since PyTorch hands bf16 products to
     oneDNN whenever it may, and oneDNN runs a one-row product on one core. A
     decode step took 2.06 ms that way against 2.54 ms through the blocked layout.
-    The row goes to torch.mv, the same kernel as nn.Linear's without its
-    reshaping around it (about 10% less time a product). See onednn_disabled
+    The row goes to torch.mv (addmv with a bias), the same kernel as nn.Linear's
+    without its reshaping around it (about 10% less time a product). See onednn_disabled
     for the switch. Several rows (prompts, batches of samples) go to oneDNN's
     blocked layout: 4 rows took 0.9 ms against 3.5 ms in PyTorch's product,
     which is only fast for one. The two bf16 copies take the memory of one fp32
@@ -139,7 +141,7 @@ class PackedLinear(_InferenceLinear):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [None], self.gelu)
 
     def _one_row(self, x):
-        if not _this_thread.onednn_off:
+        if not _this_thread.onednn_off:  # within a decode step it is off already: skip the switch's cost
             with onednn_disabled():
                 return self._one_row(x)
         row = x.reshape(self.in_features)

@@ -2,6 +2,7 @@
 import torch
 import pytest
 
+import sampling
 from model import GPT, GPTConfig
 from sampling import filter_top_k, filter_top_p, generate_tokens, sample_next
 
@@ -81,11 +82,19 @@ def test_top_p_never_drops_the_top_token():
 def test_top_k():
     logits = torch.tensor([[1.0, 4.0, 3.0, 2.0]])
     assert torch.isfinite(filter_top_k(logits, 2)).tolist() == [[False, True, True, False]]
-    # k at or above the vocabulary keeps every token: the same draws as no top_k at all
+
+
+def test_top_k_at_or_above_the_vocabulary_filters_nothing(monkeypatch):
+    torch.manual_seed(0)
     logits = torch.randn(3, 65)
     draws = [sample_next(logits, 1.0, k, generator=torch.Generator().manual_seed(0)) for k in (None, 65, 200)]
-    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
-    assert not torch.equal(draws[0], sample_next(logits, 1.0, 3, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])  # the draws of no top_k
+    def refuse(*args):
+        raise AssertionError("filter_top_k called with k >= vocabulary")
+    monkeypatch.setattr(sampling, "filter_top_k", refuse)
+    sample_next(logits, 1.0, 65)  # the filter is skipped, not run for nothing
+    with pytest.raises(AssertionError):
+        sample_next(logits, 1.0, 64)
 
 
 def test_temperature_zero_is_greedy_and_deterministic():
