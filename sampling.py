@@ -8,7 +8,7 @@ the same tokens unless two candidates tie that closely; tests hold them to it.
 import torch
 from torch.nn import functional as F
 
-from decode import decode_step
+from decode import Decoder
 
 
 def filter_top_k(logits, k):
@@ -75,6 +75,7 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     tokens = idx
     start = window_start(model, 0, tokens.size(1))
     cache = model.new_cache(idx.size(0)) if use_cache else None
+    decode = Decoder(model) if cache is not None else None  # the layers looked up once, not at every token
     logits = prefill(model, tokens[:, start:], cache)[:, -1]
     for _ in range(max_new_tokens):
         next_token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -87,5 +88,5 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
             cache.reset()  # absolute positions shifted: re-encode the kept window
             logits = model(tokens[:, new_start:], cache=cache)[0][:, -1]
         else:
-            logits = decode_step(model, next_token, cache)
+            logits = decode(next_token, cache)
         start = new_start
