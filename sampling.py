@@ -29,6 +29,19 @@ def filter_top_p(logits, p):
     return logits.masked_fill(drop, float("-inf"))
 
 
+def draw(probs, generator=None):
+    """One token per row of probs (B, V), each with its probability: (B, 1).
+
+    The argmax of p / q with q ~ Exp(1) picks token i with probability p_i (the
+    Gumbel-max trick, exponentiated). torch.multinomial draws one sample the same
+    way, from the same random numbers, so the tokens are the same for a seed; it
+    first checks the probabilities with four reductions, which took it 14 us
+    against 6 us here for 65 tokens, the most expensive op of a sampled token.
+    """
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / q).argmax(dim=-1, keepdim=True)
+
+
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """logits (B, V) -> next tokens (B, 1). Temperature 0 picks the most likely token."""
     if temperature == 0:
@@ -38,8 +51,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         logits = filter_top_k(logits, top_k)
     if top_p is not None and top_p < 1.0:
         logits = filter_top_p(logits, top_p)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return draw(F.softmax(logits, dim=-1), generator)
 
 
 def window_start(model, start, length):

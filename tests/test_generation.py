@@ -84,6 +84,22 @@ def test_top_k():
     assert torch.isfinite(filter_top_k(logits, 2)).tolist() == [[False, True, True, False]]
 
 
+def test_draw_picks_what_multinomial_picks_for_a_seed():
+    torch.manual_seed(0)
+    for rows, vocab in ((1, 65), (3, 65), (2, 1000)):
+        probs = torch.softmax(3 * torch.randn(rows, vocab), dim=-1)
+        for seed in range(50):
+            expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
+            assert torch.equal(sampling.draw(probs, torch.Generator().manual_seed(seed)), expected)
+
+
+def test_draw_follows_the_probabilities_and_never_picks_a_dropped_token():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).expand(20000, -1)
+    counts = torch.bincount(sampling.draw(probs, torch.Generator().manual_seed(0)).view(-1), minlength=5)
+    assert counts[1] == 0 and counts[4] == 0
+    assert (counts / 20000 - probs[0]).abs().max() < 0.02
+
+
 def test_top_k_at_or_above_the_vocabulary_filters_nothing(monkeypatch):
     torch.manual_seed(0)
     logits = torch.randn(3, 65)
