@@ -11,10 +11,11 @@ token of the 6-layer model took 0.76 ms here against GPT.forward's 1.19 ms
 
 It also looks the layers up once, when it is made, rather than at every token:
 reaching a layer or a weight through nn.Module's attribute lookup costs a
-fraction of a microsecond, and a token made about 100 such lookups. A token
-took 1.41 against 1.49 ms that way, and 1.73 against 1.96 ms in a slower minute
-(bf16; medians of 15 interleaved rounds). So make a Decoder after the model's
-layers are final, and a new one if they are replaced.
+fraction of a microsecond, and a token made about 100 such lookups, besides
+those inside the LayerNorm modules, whose arguments it keeps. A token took 1.41
+against 1.49 ms (bf16, medians of 15 interleaved rounds). So make a Decoder
+after the model's layers and weights are final, and a new one if either is
+replaced (load_state_dict(..., assign=True) replaces the weights).
 
 On a CPU the step runs with oneDNN switched off (see
 packed_linear.onednn_disabled): its fixed cost per call is larger than a

@@ -3,6 +3,7 @@ import torch
 import pytest
 
 import sampling
+from errors import UserError
 from model import GPT, GPTConfig
 from sampling import filter_top_k, filter_top_p, generate_tokens, sample_next
 
@@ -84,13 +85,23 @@ def test_top_k():
     assert torch.isfinite(filter_top_k(logits, 2)).tolist() == [[False, True, True, False]]
 
 
-def test_draw_picks_what_multinomial_picks_for_a_seed():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_draw_picks_what_multinomial_picks_for_a_seed(device):
     torch.manual_seed(0)
     for rows, vocab in ((1, 65), (3, 65), (2, 1000)):
-        probs = torch.softmax(3 * torch.randn(rows, vocab), dim=-1)
+        probs = torch.softmax(3 * torch.randn(rows, vocab), dim=-1).to(device)
         for seed in range(50):
-            expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
-            assert torch.equal(sampling.draw(probs, torch.Generator().manual_seed(seed)), expected)
+            expected = torch.multinomial(probs, 1, generator=torch.Generator(device).manual_seed(seed))
+            assert torch.equal(sampling.draw(probs, torch.Generator(device).manual_seed(seed)), expected)
+
+
+@pytest.mark.parametrize("logits", [[[5.0, float("nan"), 1.0]], [[float("inf"), 0.0, 1.0]],
+                                    [[float("-inf")] * 3], [[5.0, -3.0, 2.0]]])
+def test_logits_that_are_not_finite_are_an_error_not_a_token(logits):
+    temperature = 1e-40 if logits == [[5.0, -3.0, 2.0]] else 1.0  # logits / temperature overflows
+    with pytest.raises(UserError, match="not finite"):
+        sample_next(torch.tensor(logits), temperature)
 
 
 def test_draw_follows_the_probabilities_and_never_picks_a_dropped_token():
