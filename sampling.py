@@ -2,7 +2,7 @@
 
 The loop runs with a KV cache (the default) or by recomputing the whole context
 for every token; both see exactly the same context at every step. In fp32 their
-logits agree to about 1e-6 (a few kernels differ in the last bits), so they give
+logits agree within 1e-6 (a few kernels differ in the last bits), so they give
 the same tokens unless two candidates tie that closely; tests hold them to it.
 """
 import torch
