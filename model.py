@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
+from dropout import Dropout
 from kv_cache import KVCache
 from positions import apply_rotary, rotary_cos_sin, sinusoidal_table
 
@@ -64,8 +65,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attn_dropout = Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x, rope=None, cache=None, layer=0):
         B, T, C = x.shape
@@ -95,16 +96,19 @@ class CausalSelfAttention(nn.Module):
     def _use_explicit(self, q, k):
         """Whether to spell attention out rather than call the fused kernel.
 
-        'auto' takes the fused kernel, except when training in bf16 on a CPU with up to
-        512 keys: there PyTorch's fused CPU backward is the slow part. Forward and
-        backward of one layer (8 x 6 heads x 256 positions x 64) took 35 ms fused and
-        28 ms spelled out, at 12 x 4 x 64 x 32 6.4 ms and 1.7 ms; at 1024 positions, or
-        without a backward pass (generation), the fused kernel is the faster one.
+        'auto' takes the fused kernel, except when training on a CPU with dropout, or
+        in bf16 with up to 512 keys. PyTorch's fused CPU kernel has no dropout: with
+        it, SDPA falls back to this same formula and draws its mask the slow way (one
+        fp32 layer, 8 x 6 heads x 256 positions, forward and backward at dropout 0.2:
+        111 ms there, 84 ms here). In bf16 the fused backward is the slow part: 35 ms
+        against 28 ms at dropout 0, and at 12 x 4 x 64 x 32 6.4 ms against 1.7 ms. At
+        1024 positions, or without a backward pass (generation), the fused kernel wins.
         """
         if self.attention != "auto":
             return self.attention == "explicit"
-        return (torch.is_grad_enabled() and q.device.type == "cpu" and q.dtype == torch.bfloat16
-                and k.shape[2] <= 512)
+        if not torch.is_grad_enabled() or q.device.type != "cpu":
+            return False
+        return (self.training and self.dropout > 0) or (q.dtype == torch.bfloat16 and k.shape[2] <= 512)
 
     def _explicit_attention(self, q, k, v, mask, is_causal):
         """softmax(q k^T / sqrt(hs)) v, with future positions masked out: what SDPA computes."""
@@ -126,7 +130,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -159,7 +163,7 @@ class GPT(nn.Module):
             self.wpe = nn.Embedding(config.block_size, config.n_embd)
         elif config.pos_encoding == "sinusoidal":
             self.register_buffer("pe", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

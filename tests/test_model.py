@@ -121,6 +121,15 @@ def test_auto_attention_spells_out_bf16_training_on_cpu_only():
     assert not attn._use_explicit(long, long)
 
 
+def test_auto_attention_spells_out_cpu_training_with_dropout():
+    # The fused CPU kernel has no dropout; the formula draws the cheap mask.
+    attn = GPT(tiny(dropout=0.1)).blocks[0].attn
+    long = torch.zeros(1, 4, 1024, 8)
+    assert attn._use_explicit(long, long)
+    attn.eval()
+    assert not attn._use_explicit(long, long)
+
+
 def test_auto_attention_under_bf16_autocast_matches_fp32():
     torch.manual_seed(0)
     model = GPT(tiny())
