@@ -203,7 +203,7 @@ def train(cfg, model_cfg):
             raise UserError(f"the {split} split has {len(data)} tokens, too few for block_size "
                             f"{model_cfg.block_size}; use a longer text or a smaller --block_size")
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    optimizer = build_optimizer(model, cfg, fused=device.type == "cuda")
+    optimizer = build_optimizer(model, cfg)
     # Separate generators: changing the eval cadence never changes the training batches.
     # Each rank draws its own batches; only rank 0 evaluates.
     train_gen = torch.Generator().manual_seed(cfg.seed + ddp.rank)

@@ -34,7 +34,7 @@ class Path:
         torch.manual_seed(cfg.seed)
         self.name, self.device, self.dtype = name, device, dtype
         self.model = build_model(model_cfg).to(device)
-        self.optimizer = build_optimizer(self.model, cfg, fused=device.type == "cuda")
+        self.optimizer = build_optimizer(self.model, cfg)
         self.step_model = torch.compile(self.model) if compile_model else self.model
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self.ctx = autocast(device, dtype)

@@ -89,3 +89,25 @@ def test_the_step_rate_follows_the_schedule_at_each_optimizers_scale(workdir, mo
     assert [r.pop() for r in seen] == pytest.approx([train.get_lr(s, load_settings(
         ["--max_iters=4", "--warmup_iters=2", f"--lr_decay_iters={2 * K}", "--learning_rate=3e-3"])[0])
         for s in range(4)])
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_adamw_is_fused_on_cpu(name):
+    opt = build_optimizer(tiny_gpt(), TrainConfig(optimizer=name))
+    adamw = opt if name == "adamw" else opt.optimizers["adamw"]
+    assert all(group["fused"] for group in adamw.param_groups)
+
+
+def test_fused_adamw_steps_as_the_unfused_one():
+    cfg = TrainConfig(optimizer="adamw", learning_rate=1e-2)
+    fused_model, plain_model = tiny_gpt(), tiny_gpt()
+    fused = build_optimizer(fused_model, cfg)
+    plain = plain_model.configure_optimizer(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    idx = torch.randint(0, 65, (4, 16), generator=torch.Generator().manual_seed(0))
+    for model, opt in ((fused_model, fused), (plain_model, plain)):
+        model(idx, idx)[1].backward()
+        opt.step()
+    # One step: after more, training's own chaos grows float rounding past any tolerance.
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
+    assert not torch.equal(fused_model.wte.weight, tiny_gpt().wte.weight)  # it moved
