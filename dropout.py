@@ -26,8 +26,10 @@ def dropout(x, p, training=True):
     if not training or p == 0:
         return x
     rounded = drop_probability(p)
-    # The 16-bit mask serves where rounding moves p by at most 0.1% of itself (p >= 0.0077).
-    if x.device.type != "cpu" or p >= 1 or abs(rounded - p) > 1e-3 * p:
+    # The 16-bit mask serves where rounding moves p by at most 0.1% of itself (always so
+    # above p = 0.0077). Under torch.compile F.dropout stays in the graph; random_ would break it.
+    if (x.device.type != "cpu" or rounded >= 1 or abs(rounded - p) > 1e-3 * p
+            or torch.compiler.is_compiling()):
         return F.dropout(x, p, training=True)
     return x * keep_mask(x, rounded)
 

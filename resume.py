@@ -67,8 +67,13 @@ def restore_optimizer(state, optimizer, scaler, path, optimizer_name):
     if saved_name != optimizer_name:
         raise UserError(f"{path} was trained with optimizer={saved_name!r}, and its state cannot serve "
                         f"{optimizer_name!r}; resume with --optimizer={saved_name}")
+    # Saved groups carry the kernel choice of the run that saved them (an older run's CPU
+    # AdamW was unfused); the kernels are this machine's choice, so they are kept.
+    kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])
+        for group, kernel in zip(optimizer.param_groups, kernels):
+            group.update(kernel)
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, RuntimeError) as e:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from model import GPT, GPTConfig, build_model
 
@@ -128,6 +129,32 @@ def test_auto_attention_spells_out_cpu_training_with_dropout():
     assert attn._use_explicit(long, long)
     attn.eval()
     assert not attn._use_explicit(long, long)
+
+
+def test_explicit_attention_takes_the_caches_masks_as_sdpa_does():
+    # A cache hands attention a (T, S) mask: T new queries, S cached keys, a sliding window
+    # for rotary models. The formula adds it as a bias over every batch row and head.
+    torch.manual_seed(0)
+    attn = GPT(tiny()).blocks[0].attn
+    q = torch.randn(2, 4, 5, 8, requires_grad=True)
+    k, v = torch.randn(2, 2, 4, 9, 8).unbind(0)
+    q_idx, k_idx = torch.arange(4, 9)[:, None], torch.arange(9)[None, :]
+    mask = (k_idx <= q_idx) & (k_idx > q_idx - 6)  # (5, 9)
+    spelled_out = attn._explicit_attention(q, k, v, mask, False)
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(spelled_out, fused, atol=1e-6)
+    grad_spelled, = torch.autograd.grad(spelled_out.sum(), q)
+    grad_fused, = torch.autograd.grad(fused.sum(), q)
+    assert torch.allclose(grad_spelled, grad_fused, atol=1e-6)
+
+
+def test_spelled_out_attention_applies_dropout_in_training_only():
+    torch.manual_seed(0)
+    attn = GPT(tiny(dropout=0.5, attention="explicit")).blocks[0].attn
+    q = torch.randn(1, 4, 16, 8)
+    evaluated = attn.eval()._explicit_attention(q, q, q, None, True)
+    assert torch.equal(attn._explicit_attention(q, q, q, None, True), evaluated)
+    assert not torch.allclose(attn.train()._explicit_attention(q, q, q, None, True), evaluated)
 
 
 def test_auto_attention_under_bf16_autocast_matches_fp32():
