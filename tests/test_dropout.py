@@ -40,7 +40,7 @@ def test_every_lane_of_a_random_word_drops_alike():
 
 def test_the_words_drawn_have_64_uniform_bits():
     torch.manual_seed(0)
-    words = torch.empty(1 << 16, dtype=torch.int64).random_(-2 ** 63, None)  # as keep_mask draws them
+    words = torch.randint(-2 ** 63, 2 ** 63 - 1, (1 << 16,), dtype=torch.int64)  # as keep_mask draws them
     bits = (words[:, None] >> torch.arange(64)) & 1
     assert torch.all((bits.double().mean(0) - 0.5).abs() < 5 * (0.25 / words.numel()) ** 0.5)
 
