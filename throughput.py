@@ -28,8 +28,12 @@ def flops_per_token(config, n_params):
 _cpu_peak_cache = {}
 
 
-def measure_cpu_peak(dtype, size=1024, repeats=5):
-    """Matmul FLOP/s this CPU reaches in `dtype`: the ceiling a training step could hit."""
+def measure_cpu_peak(dtype, size=1536, repeats=5):
+    """Matmul FLOP/s this CPU reaches in `dtype`: the ceiling a training step could hit.
+
+    1536 x 1536: on two Zen 4 cores fp32 at 1024 ranged from 153 to 187 GFLOP/s over
+    three measurements (so MFU read up to 93%), at 1536 from 187 to 190, in 0.26 s.
+    """
     if dtype in _cpu_peak_cache:
         return _cpu_peak_cache[dtype]
     gen = torch.Generator().manual_seed(0)  # its own generator: measuring must not move training's
