@@ -67,8 +67,9 @@ def restore_optimizer(state, optimizer, scaler, path, optimizer_name):
     if saved_name != optimizer_name:
         raise UserError(f"{path} was trained with optimizer={saved_name!r}, and its state cannot serve "
                         f"{optimizer_name!r}; resume with --optimizer={saved_name}")
-    # Saved groups carry the kernel choice of the run that saved them (an older run's CPU
-    # AdamW was unfused); the kernels are this machine's choice, so they are kept.
+    # Saved groups carry the kernel flags of the optimizer that saved them. The kernel must
+    # stay the one this optimizer was built with: fused AdamW takes GradScaler's scale
+    # inside its step, and a group flagged unfused would make scaler.step fail.
     kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])

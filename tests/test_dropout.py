@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dropout import Dropout, drop_probability, dropout
+from dropout import Dropout, drop_probability, dropout, random_words
 
 
 def dropped_fraction(y):
@@ -28,7 +28,7 @@ def test_drops_at_rate_p_and_scales_the_rest(p, dtype):
 def test_every_lane_of_a_random_word_drops_alike():
     # Four elements share each 64-bit draw; a lane with a fixed bit would drop at another rate.
     torch.manual_seed(0)
-    p = 0.2  # a threshold that depends on every bit of a lane, not on its top bit alone
+    p = 0.2  # a threshold below a lane's midpoint: its top bit alone does not decide
     y = dropout(torch.ones(1 << 20), p).view(-1, 4)
     sigma = (p * (1 - p) / y.shape[0]) ** 0.5
     for lane in range(4):
@@ -40,7 +40,8 @@ def test_every_lane_of_a_random_word_drops_alike():
 
 def test_the_words_drawn_have_64_uniform_bits():
     torch.manual_seed(0)
-    words = torch.randint(-2 ** 63, 2 ** 63 - 1, (1 << 16,), dtype=torch.int64)  # as keep_mask draws them
+    words = random_words(1 << 16, "cpu")
+    assert words.dtype == torch.int64
     bits = (words[:, None] >> torch.arange(64)) & 1
     assert torch.all((bits.double().mean(0) - 0.5).abs() < 5 * (0.25 / words.numel()) ** 0.5)
 
@@ -77,12 +78,14 @@ def test_off_when_evaluating_at_p_zero_and_everything_dropped_at_p_one():
     assert layer(x) is x
 
 
-def test_a_p_that_16_bits_cannot_hold_goes_to_torch():
+@pytest.mark.parametrize("p", [0.001, 0.9999])
+def test_a_p_that_16_bits_cannot_hold_goes_to_torch(p):
+    # 0.9999 is within 0.1% of itself, but its keep probability 1 - p is not.
     x = torch.ones(1000)
     torch.manual_seed(3)
-    expected = F.dropout(x, 0.001)
+    expected = F.dropout(x, p)
     torch.manual_seed(3)
-    assert torch.equal(dropout(x, 0.001), expected)
+    assert torch.equal(dropout(x, p), expected)
 
 
 def test_bad_p_is_refused():

@@ -117,12 +117,29 @@ def test_fused_adamw_steps_as_the_unfused_one():
     assert not torch.equal(fused_model.wte.weight, tiny_gpt().wte.weight)  # it moved
 
 
-def test_resuming_keeps_this_machines_adamw_kernel():
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_resuming_keeps_this_machines_adamw_kernel(name):
+    # A checkpoint from an unfused AdamW (written on another machine, or by another
+    # version) must not unfuse this one: fused AdamW takes GradScaler's scale in its step.
     from resume import restore_optimizer
-    cfg = TrainConfig(optimizer="adamw")
+    cfg = TrainConfig(optimizer=name)
+    idx = torch.randint(0, 65, (2, 16), generator=torch.Generator().manual_seed(0))
+    saved_model = tiny_gpt()
+    saved = build_optimizer(saved_model, cfg)
+    for group in (saved if name == "adamw" else saved.optimizers["adamw"]).param_groups:
+        group["fused"] = None  # as an unfused run saves it
+    saved_model(idx, idx)[1].backward()
+    saved.step()
+    state = {"optimizer": saved.state_dict(), "train_config": {"optimizer": name}}
+
     model = tiny_gpt()
-    unfused = model.configure_optimizer(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    state = {"optimizer": unfused.state_dict(), "train_config": {"optimizer": "adamw"}}
-    fused = build_optimizer(model, cfg)
-    restore_optimizer(state, fused, torch.amp.GradScaler("cpu", enabled=False), "last.pt", "adamw")
-    assert all(group["fused"] for group in fused.param_groups)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    restore_optimizer(state, optimizer, scaler, "last.pt", name)
+    adamw = optimizer if name == "adamw" else optimizer.optimizers["adamw"]
+    assert all(group["fused"] for group in adamw.param_groups)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(idx, idx)[1]
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # an unfused group under a fused optimizer raised here
+    scaler.update()
