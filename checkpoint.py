@@ -1,4 +1,4 @@
-"""Saving and loading checkpoints: atomic writes, safe reads, and exact random state.
+"""Checkpoints: atomic writes, safe reads, exact random state, and what resuming checks.
 
 Two files live in out_dir: `ckpt.pt`, the model with the best val loss (what
 sample.py loads), and `last.pt`, the latest full training state (what
@@ -12,15 +12,23 @@ import contextlib
 import errno
 import os
 import random
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 
-from errors import UserError
+from common import UserError
+from model import GPTConfig, build_model
 
 BEST = "ckpt.pt"
 LAST = "last.pt"
+# Model settings that may differ on resume: they change the run, not the weights' shapes.
+RESUMABLE_MODEL_KEYS = ("dropout", "attention")
+# What last.pt holds besides the model; ckpt.pt, the best model for sampling, has none of it.
+TRAINING_KEYS = ("optimizer", "iter_num", "best_val_loss", "rng", "train_config", "tokenizer")
 
+
+# --------------------------------------------------------------------------- writing
 
 def save_checkpoint(state, path):
     """Write state to path atomically: the old file stays whole until the new one is complete."""
@@ -28,11 +36,7 @@ def save_checkpoint(state, path):
 
 
 def write_pending(state, path):
-    """Write state to a temporary file beside path, flushed to disk; returns its name.
-
-    `commit_checkpoint` puts it in place. Training writes last.pt this way and
-    commits it only once the weights it holds have given a finite loss.
-    """
+    """Write state to a temporary file beside path, flushed to disk; returns its name."""
     tmp = f"{path}.tmp"  # one name, so a run killed while writing leaves one stray file, not one per try
     with _saving(path, tmp):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -79,6 +83,35 @@ def _saving(path, tmp):
         raise UserError(f"could not save {path} ({e.strerror or e}); the previous checkpoint is intact") from None
 
 
+class LastCheckpoint:
+    """out_dir/last.pt, put in place only once the weights it holds have given a finite loss.
+
+    Training writes it to its temporary file; an evaluation, or the next step's
+    loss, proves the weights, and `commit` renames it over the previous last.pt.
+    A loss that turns NaN discards it: last.pt keeps the last good weights.
+    """
+
+    def __init__(self, path, step=None):
+        self.path = path
+        self.step = step  # the iteration of the last.pt in place, None before the first
+        self.pending = None  # (temporary file, its iteration)
+
+    def write(self, state, proven):
+        self.pending = (write_pending(state, self.path), state["iter_num"])
+        if proven:
+            self.commit()
+
+    def commit(self):
+        if self.pending:
+            commit_checkpoint(self.pending[0], self.path)
+            self.step, self.pending = self.pending[1], None
+
+    def discard(self):
+        if self.pending:
+            discard_pending(self.pending[0])
+            self.pending = None
+
+
 def check_writable(out_dir):
     """Fail before training starts, not at the first save, when out_dir cannot be written."""
     try:
@@ -91,12 +124,18 @@ def check_writable(out_dir):
         raise UserError(f"out_dir {out_dir} is not writable ({e.strerror}); choose another --out_dir") from None
 
 
-def load_checkpoint(path, device="cpu"):
-    """Read a checkpoint without unpickling arbitrary objects; any bad file is a clear error."""
+# --------------------------------------------------------------------------- reading
+
+def load_checkpoint(path):
+    """Read a checkpoint into CPU memory, without unpickling arbitrary objects; a bad file is a clear error.
+
+    Always the CPU, whatever device the run uses: the random generators' states
+    must be CPU tensors, and the model moves to its device once built.
+    """
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}; train one first with python train.py CONFIG")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a refused object, a truncated or foreign file: one clear line each
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         refused = [line for line in lines if "GLOBAL" in line]  # weights_only names what it would have called
@@ -121,41 +160,139 @@ def check_vocabulary(state, meta, dataset, path, doing):
 
 def resolve_checkpoint(path, name=BEST):
     """A checkpoint file from a file path or an out_dir."""
-    if os.path.isdir(path):
-        return os.path.join(path, name)
-    return path
+    return os.path.join(path, name) if os.path.isdir(path) else path
 
 
-def rng_state():
-    """Every random generator a training step draws from, in a form weights_only loads."""
+def model_from(state, path, config=None):
+    """The model a checkpoint's weights fill, on the CPU; a mismatch is one clear line."""
+    try:
+        return build_model(config or GPTConfig(**state["model_config"]), state["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} does not hold a model this project can build "
+                        f"({str(e).splitlines()[0][:160]})") from None
+
+
+def load_model(path):
+    """(model on the CPU in eval mode, tokenizer, checkpoint dict) from a checkpoint file or out_dir."""
+    from tokenizer import load_tokenizer
+    path = resolve_checkpoint(path)
+    state = load_checkpoint(path)
+    return model_from(state, path).eval(), load_tokenizer(state["tokenizer"]), state
+
+
+# --------------------------------------------------------------------------- random state
+
+def rng_state(device):
+    """Every random generator a training step on `device` draws from, in a form weights_only loads."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # this process's GPU only: another machine may see other GPUs
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state, device):
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"].cpu())  # generators take CPU byte tensors only
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # written by earlier versions: one state per GPU the process saw
+        index = device.index or 0
+        cuda = cuda[index] if index < len(cuda) else None
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda.cpu(), device)
+    if device.type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"].cpu())
 
 
-def load_model(path, device="cpu"):
-    """(model in eval mode, tokenizer, checkpoint dict) from a checkpoint file or out_dir."""
-    from model import GPTConfig, build_model
-    from tokenizer import load_tokenizer
-    state = load_checkpoint(resolve_checkpoint(path), device)
+# --------------------------------------------------------------------------- resuming
+
+def load_resume_state(cfg, model_cfg, meta):
+    """(model with the saved weights, on the CPU; the rest of last.pt) for --init_from=resume.
+
+    Settings that shape the weights must be the saved run's; the others (max_iters,
+    learning rate, eval cadence, dropout, ...) may change.
+    """
+    path = os.path.join(cfg.out_dir, LAST)
+    state = load_checkpoint(path)
+    missing = [k for k in TRAINING_KEYS if k not in state]
+    if missing:
+        raise UserError(f"{path} holds no training state to resume from (no {', '.join(missing)}); "
+                        "start again with --init_from=scratch, or resume from a last.pt that train.py wrote")
     try:
-        model = build_model(GPTConfig(**state["model_config"]), state["model"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path} does not hold a model this project can build ({str(e).splitlines()[0][:160]})") from None
-    return model.to(device).eval(), load_tokenizer(state["tokenizer"]), state
+        saved = GPTConfig(**state["model_config"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path} has a model config this version cannot build ({e})") from None
+    changed = [k for k in asdict(saved) if k not in RESUMABLE_MODEL_KEYS + ("vocab_size",)
+               and getattr(saved, k) != getattr(model_cfg, k)]
+    if changed:
+        diffs = ", ".join(f"{k} {getattr(saved, k)!r} -> {getattr(model_cfg, k)!r}" for k in changed)
+        raise UserError(f"cannot resume with a different model shape ({diffs}); "
+                        "use the settings of the saved run, or a new out_dir")
+    check_vocabulary(state, meta, cfg.dataset, path, "resume")
+    if cfg.max_iters < state["iter_num"]:
+        raise UserError(f"max_iters {cfg.max_iters} is below iteration {state['iter_num']} of {path}; "
+                        "resume with a larger --max_iters")
+    config = replace(saved, **{k: getattr(model_cfg, k) for k in RESUMABLE_MODEL_KEYS})
+    model = model_from(state, path, config)
+    del state["model"]  # the model holds the weights now, not two copies
+    return model, state
+
+
+def report_changes(cfg, model_cfg, state):
+    """Print the settings that differ from the saved run's, which resuming allows."""
+    saved = {**state["train_config"], **state["model_config"]}
+    now = {**asdict(cfg), **asdict(model_cfg)}
+    changes = [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items()
+               if k in saved and k != "init_from" and saved[k] != v]
+    if changes:
+        print("resuming with changed settings: " + ", ".join(changes))
+
+
+def restore_optimizer(state, optimizer, scaler, path, optimizer_name):
+    saved_name = state.get("train_config", {}).get("optimizer", "adamw")
+    if saved_name != optimizer_name:
+        raise UserError(f"{path} was trained with optimizer={saved_name!r}, and its state cannot serve "
+                        f"{optimizer_name!r}; resume with --optimizer={saved_name}")
+    # Saved groups carry the kernel flags of the optimizer that saved them. The kernel must
+    # stay the one this optimizer was built with: fused AdamW takes GradScaler's scale
+    # inside its step, and a group flagged unfused would make scaler.step fail.
+    kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise UserError(f"the optimizer state in {path} does not fit the model ({e}); "
+                        "it is damaged or was not written by train.py") from None
+    for group, kernel in zip(optimizer.param_groups, kernels):
+        group.update(kernel)
+        for p in group["params"]:
+            if any(torch.is_tensor(s) and s.dim() and s.shape != p.shape for s in optimizer_state(optimizer, p)):
+                raise UserError(f"{path} was written by an earlier version, whose embedding had one row per "
+                                "token; its weights still load for sampling, but training cannot resume from "
+                                "it: start a new out_dir")
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+
+
+def optimizer_state(optimizer, p):
+    """The state tensors an optimizer (or a set of them) keeps for parameter p."""
+    optimizers = getattr(optimizer, "optimizers", {"": optimizer}).values()
+    return [s for opt in optimizers for s in opt.state.get(p, {}).values()]
+
+
+def rank_rng(state, rank, world_size):
+    """The random state this rank saved, or None when the run was saved by another number of processes.
+
+    Then the batches cannot continue as before anyway; each rank starts new streams instead.
+    """
+    if len(state["rng"]) != world_size:
+        return None
+    return state["rng"][rank]

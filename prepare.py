@@ -19,7 +19,7 @@ import urllib.request
 
 import numpy as np
 
-from errors import UserError, run_main
+from common import UserError, run_main
 from tokenizer import make_tokenizer
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

@@ -5,14 +5,13 @@
     python sample.py --init_from gpt2 --start "Hello, I'm a language model,"
 """
 import argparse
-import gc
 import os
 import sys
 import time
 
-from errors import UserError, run_main
+from common import UserError, run_main
 from generate import load
-from gpt2_weights import GPT2_SIZES, is_gpt2_source
+from gpt2 import GPT2_SIZES, is_gpt2_source
 
 
 def read_prompt(start):
@@ -42,7 +41,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16: the weights' precision "
-                   "(auto: bf16 on GPUs and on CPUs with bf16 matrix units, else float32)")
+                   "(auto: bf16 where the device computes it in hardware, else float16 on GPUs, float32 on CPUs)")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context for every token")
     args = p.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
@@ -80,19 +79,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # Import leaves hundreds of thousands of objects (torch's modules) that the garbage
-    # collector would walk in every full collection and again at exit: about 0.4 s of a
-    # 3 s sample. Frozen, the collector skips them; they live as long as the process anyway.
-    # (Only as a script: frozen objects are never collected, a caller's included.)
-    gc.freeze()
-    status = 0
     try:
         run_main(main)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader stopped early (python sample.py | head): no traceback
-        status = 1
-    # A normal interpreter exit then takes about 0.13 s here (Python's finalization and
-    # PyTorch's native teardown), against 0.02 s for os._exit. Nothing is left to do
-    # but that; errors have left through run_main already, with their status.
-    sys.stderr.flush()
-    os._exit(status)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit has nowhere to fail
+        sys.exit(1)

@@ -11,7 +11,7 @@ import operator
 import os
 from dataclasses import dataclass, fields
 
-from errors import UserError
+from common import UserError
 from model import GPTConfig
 
 
@@ -36,7 +36,7 @@ class TrainConfig:
     batch_size: int = 12
     gradient_accumulation_steps: int = 1  # global: split across processes under torchrun
     # the optimizer and the learning-rate schedule
-    optimizer: str = "adamw"  # adamw | muon: Muon for the blocks' matrices, AdamW for the rest (optimizers.py)
+    optimizer: str = "adamw"  # adamw | muon: Muon for the blocks' matrices, AdamW for the rest (optim.py)
     learning_rate: float = 6e-4  # AdamW's peak rate
     muon_learning_rate: float = 0.02  # Muon's peak rate; the schedule scales it as it scales learning_rate
     max_iters: int = 5000
@@ -51,7 +51,8 @@ class TrainConfig:
     # hardware
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool = False
+    compile: str = "auto"  # auto (on for CUDA GPUs) | true | false: torch.compile the model
+    deterministic: bool = False  # deterministic kernels: resumed CUDA runs repeat to the last bit, slower
     seed: int = 1337
 
     def __post_init__(self):
@@ -63,6 +64,14 @@ class TrainConfig:
             raise ValueError(f"max_iters must be at least 0, not {self.max_iters}")
         if self.optimizer not in ("adamw", "muon"):
             raise ValueError(f"optimizer must be 'adamw' or 'muon', not {self.optimizer!r}")
+        self.compile = str(self.compile).lower()  # a config file may say compile = True
+        if self.compile not in ("auto", "true", "false"):
+            raise ValueError(f"compile must be auto, true or false, not {self.compile!r}")
+
+    def compiles(self, device):
+        """Whether to torch.compile on this device: on CUDA by default, where fusing kernels pays
+        for the compilation in minutes; on CPUs and Macs only when asked."""
+        return self.compile == "true" or (self.compile == "auto" and device.type == "cuda")
 
 
 # Model settings live in GPTConfig alone; vocab_size comes from the dataset.
@@ -139,7 +148,9 @@ def _from_text(text, want):
 def convert(key, value):
     """value (from a file or the command line) as the type of setting `key`."""
     want, given = FIELD_TYPES[key], value
-    if isinstance(value, str) and want is not str:
+    if want is str and isinstance(value, bool):  # compile = True in a config file
+        value = str(value).lower()
+    elif isinstance(value, str) and want is not str:
         value = _from_text(value.strip(), want) if value.strip() else None
     elif want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

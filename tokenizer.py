@@ -7,7 +7,7 @@ import hashlib
 
 import numpy as np
 
-from errors import UserError
+from common import UserError
 
 # Where tiktoken downloads GPT-2's BPE files from (tiktoken_ext/openai_public.py). Before
 # downloading, it looks for TIKTOKEN_CACHE_DIR/<sha1 hex of the URL>, so copies placed

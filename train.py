@@ -13,24 +13,24 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import distributed
-from checkpoint import (BEST, LAST, check_vocabulary, check_writable, commit_checkpoint, discard_pending,
-                        load_model, rng_state, save_checkpoint, set_rng_state, write_pending)
-from device import autocast, pick_device, pick_dtype
-from errors import UserError, run_main
-from metrics import MetricsLog, format_figures, loss_figures, start_wandb
+from checkpoint import (BEST, LAST, LastCheckpoint, check_vocabulary, check_writable, load_model,
+                        load_resume_state, rank_rng, report_changes, restore_optimizer, rng_state,
+                        save_checkpoint, set_rng_state)
+from common import (Distributed, UserError, autocast, flops_per_token, lost_peer, mfu, peak_flops, pick_device,
+                    pick_dtype, run_main, setup_distributed)
 from model import build_model
-from optimizers import build_optimizer
-from plot import TrainingPlot
-from resume import load_resume_state, rank_rng, report_changes, restore_optimizer
+from optim import build_optimizer
+from plot import MetricsLog, TrainingPlot, format_figures, loss_figures, start_wandb
 from settings import help_text, load_settings
-from throughput import flops_per_token, mfu, peak_flops
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation's generator: a stream apart from every rank's training one
+
 
 def get_lr(step, cfg):
     """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr."""
@@ -73,35 +73,39 @@ class Batches:
         T = self.block_size
         starts = torch.randint(len(self.data) - T, (self.batch_size,), generator=self.generator).numpy()
         windows = torch.from_numpy(np.stack([self.data[i:i + T + 1] for i in starts]).astype(np.int64))
-        x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each: y is x shifted by one
+        x, y = windows[:, :-1], windows[:, 1:]  # (B, T) each: y is x shifted by one
         if self.device.type == "cuda":  # pinned memory lets the copy overlap with compute
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
 
 @torch.no_grad()
-def estimate_loss(model, batches, eval_iters, ctx):
-    """Mean loss over eval_iters random batches of each split, in eval mode (no dropout)."""
+def estimate_loss(model, batches, eval_iters, ctx, ddp):
+    """Mean loss over eval_iters random batches of each split, in eval mode (no dropout).
+
+    Under torchrun every process scores its share of the batches.
+    """
     model.eval()
+    share = -(-eval_iters // ddp.world_size)
     out = {}
     for split, source in batches.items():
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
+        total = torch.zeros((), device=source.device)
+        for _ in range(share):
             x, y = source.sample()
             with ctx:
-                _, loss = model(x, y)
-            losses[k] = loss.item()
-        out[split] = losses.mean().item()
+                total += model(x, y)[1].float()
+        out[split] = (ddp.sum(total) / (share * ddp.world_size)).item()  # the one wait for the device
     model.train()
     return out
 
 
 @torch.no_grad()
-def evaluate_split(model, data, block_size, batch_size, device, ctx):
+def evaluate_split(model, data, block_size, batch_size, device, ctx, ddp=Distributed()):
     """Mean loss over every next-token target of a split, each scored once: the same figure every time.
 
     Consecutive windows of block_size targets; the tail too short for a window is
-    scored in one last window ending at the split's end, counting only its new targets.
+    scored in one last window ending at the split's end, counting only its new
+    targets. Under torchrun the windows are shared out among the processes.
     """
     model.eval()
     T = block_size
@@ -110,17 +114,18 @@ def evaluate_split(model, data, block_size, batch_size, device, ctx):
     tail = n_targets - len(starts) * T
     if tail:
         starts.append(n_targets - T)
-    total = 0.0
-    for first in range(0, len(starts), batch_size):
-        rows = starts[first:first + batch_size]
+    total = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    mine = starts[ddp.rank::ddp.world_size]
+    for first in range(0, len(mine), batch_size):
+        rows = mine[first:first + batch_size]
         windows = torch.from_numpy(np.stack([data[s:s + T + 1] for s in rows]).astype(np.int64)).to(device)
         with ctx:
             logits, _ = model(windows[:, :-1])
         losses = F.cross_entropy(logits.float().transpose(1, 2), windows[:, 1:], reduction="none")  # (B, T)
-        if tail and first + len(rows) == len(starts):
+        if tail and rows[-1] == starts[-1]:
             losses[-1, :T - tail] = 0.0  # targets the previous window already scored
-        total += losses.sum().item()
-    return total / n_targets
+        total += losses.sum()
+    return (ddp.sum(total) / n_targets).item()
 
 
 def optimizer_step(model, optimizer, micro_batches, ctx, scaler, grad_clip, sync=None):
@@ -136,8 +141,7 @@ def optimizer_step(model, optimizer, micro_batches, ctx, scaler, grad_clip, sync
         if sync is not None:
             sync(i == n - 1)
         with ctx:
-            _, loss = model(x, y)
-            loss = loss / n
+            loss = model(x, y)[1] / n  # the logits are let go at once: only the loss is kept
         scaler.scale(loss).backward()
         total = total + loss.detach()
     if grad_clip > 0:
@@ -149,25 +153,21 @@ def optimizer_step(model, optimizer, micro_batches, ctx, scaler, grad_clip, sync
     return total
 
 
-def bytes_per_token(meta):
-    if meta.get("val_bytes") and meta.get("val_tokens"):
-        return meta["val_bytes"] / meta["val_tokens"]
-    return None
-
-
-def init_model(cfg, model_cfg, meta, device):
-    """Build the model (and the training state to resume from, if any) as init_from says."""
+def init_model(cfg, model_cfg, meta, ddp):
+    """(model on the CPU, the training state to resume from or None) as init_from says."""
     if cfg.init_from == "scratch":
-        model_cfg = replace(model_cfg, vocab_size=meta["vocab_size"])
-        return build_model(model_cfg).to(device), None
+        return build_model(replace(model_cfg, vocab_size=meta["vocab_size"])), None
     if cfg.init_from == "resume":
-        return load_resume_state(cfg, model_cfg, meta, device)
+        return load_resume_state(cfg, model_cfg, meta)
     # Anything else is GPT-2's weights, by name or local path. Check the data before a download.
     if meta["tokenizer"] != "gpt2":
         raise UserError(f"GPT-2's weights need GPT-2 tokens, but dataset {cfg.dataset} is {meta['tokenizer']}-level; "
                         f"prepare it with python prepare.py --tokenizer gpt2")
-    from gpt2_weights import load_pretrained
-    model = load_pretrained(cfg.init_from, dropout=model_cfg.dropout).to(device)
+    from gpt2 import load_pretrained, resolve
+    if ddp.local_rank == 0:
+        resolve(cfg.init_from)  # one download per machine; the other processes wait, then read the cache
+    ddp.barrier()
+    model = load_pretrained(cfg.init_from, dropout=model_cfg.dropout)
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} tokens but {cfg.init_from} knows "
                         f"{model.config.vocab_size}; use a GPT-2 model with the full vocabulary")
@@ -179,211 +179,247 @@ def init_model(cfg, model_cfg, meta, device):
     return model, None
 
 
+def set_up_device(device, cfg):
+    """Process-wide switches for this run's device."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls: 8x the fp32 rate on A100 and later
+    if cfg.deterministic:
+        # cuBLAS needs a fixed workspace to give the same sums twice (set before its first use).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def compiled_for_training(model, ddp, compile_model):
+    """The module the steps call: wrapped in DDP first, then compiled, as PyTorch advises,
+    so the gradients' all-reduce overlaps the compiled backward pass."""
+    model = ddp.wrap(model)
+    return torch.compile(model) if compile_model else model
+
+
+@dataclass
+class Progress:
+    """Where training stands: all that carries on across a resume, besides weights and generators."""
+    step: int = 0
+    best_val_loss: float = float("inf")
+    tokens: int = 0
+    elapsed_before: float = 0.0  # seconds trained before this process started, summed over resumes
+
+
+def resume_progress(state, cfg, model_cfg, optimizer, scaler, generators, ddp, device):
+    """Restore the optimizer and say where the run stands; returns (Progress, this rank's saved random state)."""
+    path = os.path.join(cfg.out_dir, LAST)
+    restore_optimizer(state, optimizer, scaler, path, cfg.optimizer)
+    step = state["iter_num"]
+    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
+    progress = Progress(step, state["best_val_loss"], state.get("tokens", step * tokens_per_step),
+                        state.get("elapsed", 0.0))
+    saved = rank_rng(state, ddp.rank, ddp.world_size)
+    if saved is None:  # another number of processes: fresh streams, distinct for every rank
+        fresh = cfg.seed + ddp.rank + step * ddp.world_size
+        torch.manual_seed(fresh)
+        for gen in generators.values():
+            gen.manual_seed(fresh + (EVAL_SEED_OFFSET if gen is generators["eval"] else 0))
+    if ddp.rank == 0:
+        report_changes(cfg, model_cfg, state)
+        if saved is None:
+            print(f"{path} was written by {len(state['rng'])} processes and this run has "
+                  f"{ddp.world_size}, so its batches differ from those the stopped run would have drawn")
+        print(f"resuming from iteration {step} (best val loss {progress.best_val_loss:.4f})")
+    return progress, saved
+
+
+class Report:
+    """What rank 0 prints and logs: timings, evaluations, metrics.jsonl and its plot. Other ranks stay quiet."""
+
+    def __init__(self, cfg, model_cfg, meta, n_params, device, dtype, ddp, progress, resumed):
+        self.cfg, self.meta, self.on = cfg, meta, ddp.rank == 0
+        self.tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
+        self.elapsed_before, self.t_start = progress.elapsed_before, time.perf_counter()
+        self.t_last, self.steps_timed, self.recent_ms, self.pause_s = self.t_start, 0, [], 0.0
+        if not self.on:
+            return
+        self.flops_tok = flops_per_token(model_cfg, n_params)
+        # tokens/s counts every process, each with a device (or CPU threads) of its own
+        peak = peak_flops(device, dtype)
+        self.peak = peak * ddp.world_size if peak else None
+        self.bytes_per_token = meta["val_bytes"] / meta["val_tokens"] if meta.get("val_bytes") else None
+        print(f"{n_params:,} parameters; device {device}, {str(dtype).removeprefix('torch.')}"
+              f"{', compiled' if cfg.compiles(device) else ''}; {self.tokens_per_step:,} tokens per step"
+              f"{f' across {ddp.world_size} processes' if ddp.world_size > 1 else ''}")
+        wandb = start_wandb(cfg.wandb_project, cfg.wandb_run_name, asdict(cfg) | asdict(model_cfg)) \
+            if cfg.wandb_log else None
+        self.log = MetricsLog(cfg.out_dir, wandb)
+        self.plot = TrainingPlot(cfg.out_dir, self.log.path)
+        if resumed:
+            self.log.write("resume", iter=progress.step, tokens=progress.tokens, elapsed=progress.elapsed_before)
+
+    def elapsed(self):
+        """Seconds of training since iteration 0, summed over resumes."""
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def paused(self, seconds, evaluated):
+        """Evaluation and saving took this long: kept out of ms/iter, counted in the ETA."""
+        self.t_last += seconds
+        self.pause_s = seconds if evaluated else self.pause_s
+
+    def evaluation(self, step, losses, lr, tokens, last_step):
+        if not self.on:
+            return
+        val = loss_figures(losses["val"], self.meta["tokenizer"], self.bytes_per_token)
+        print(f"step {step}: train loss {losses['train']:.4f}, val loss {format_figures(val)}")
+        self.log.write("eval", iter=step, tokens=tokens, train_loss=losses["train"], val_loss=losses["val"],
+                       **{f"val_{k}": v for k, v in val.items() if k != "loss"}, lr=lr, elapsed=self.elapsed())
+        self.plot.update(final=last_step)
+
+    def steps(self, step, loss, lr, tokens):
+        """The line and the record of every log_interval steps, for the steps since the last."""
+        self.steps_timed += 1
+        if not self.on or ((step + 1) % self.cfg.log_interval and step + 1 != self.cfg.max_iters):
+            return
+        now = time.perf_counter()
+        ms = (now - self.t_last) * 1000 / self.steps_timed
+        self.t_last, self.steps_timed = now, 0
+        self.recent_ms = (self.recent_ms + [ms])[-10:]
+        tok_s = self.tokens_per_step / (ms / 1000)
+        util = mfu(tok_s, self.flops_tok, self.peak)
+        cfg = self.cfg
+        evals_left = cfg.max_iters // cfg.eval_interval - step // cfg.eval_interval + (cfg.max_iters % cfg.eval_interval != 0)
+        eta = (cfg.max_iters - step - 1) * sum(self.recent_ms) / len(self.recent_ms) / 1000 + evals_left * self.pause_s
+        print(f"iter {step + 1}/{cfg.max_iters}: loss {loss:.4f}, {ms:.1f} ms/iter, {tok_s:,.0f} tok/s"
+              f"{f', mfu {100 * util:.1f}%' if util is not None else ''}, eta {eta:.0f}s")
+        self.log.write("train", iter=step + 1, tokens=tokens, loss=loss, lr=lr, ms_per_iter=ms,
+                       tokens_per_sec=tok_s, mfu=util, elapsed=self.elapsed())
+
+
+def check_splits(splits, block_size):
+    for split, data in splits.items():
+        if len(data) <= block_size + 1:
+            raise UserError(f"the {split} split has {len(data)} tokens, too few for block_size "
+                            f"{block_size}; use a longer text or a smaller --block_size")
+
+
 def train(cfg, model_cfg):
-    """Run training as cfg says; returns {'losses': [...], 'best_val_loss': ...} on the master process."""
-    ddp = distributed.setup(cfg)
+    """Run training as cfg says; returns {'losses': [...], 'best_val_loss': ...} on rank 0."""
+    ddp = setup_distributed(cfg)
     master = ddp.rank == 0
     device = ddp.device or pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     ctx = autocast(device, dtype)
+    set_up_device(device, cfg)
     meta, splits = load_dataset(cfg)
-    tokenizer_meta = {k: meta[k] for k in ("tokenizer", "vocab_size", "chars") if k in meta}
-    accum = cfg.gradient_accumulation_steps // ddp.world_size  # this process's share of the micro-steps
     if cfg.eval_only:
-        return run_eval_only(cfg, meta, splits, device, ctx)
+        return run_eval_only(cfg, meta, splits, device, ctx, ddp)
     if master:
         check_writable(cfg.out_dir)
-    last_path = os.path.join(cfg.out_dir, LAST)
-
     torch.manual_seed(cfg.seed + ddp.rank)
-    model, state = init_model(cfg, model_cfg, meta, device)
-    model_cfg = model.config
-    for split, data in splits.items():
-        if len(data) <= model_cfg.block_size + 1:
-            raise UserError(f"the {split} split has {len(data)} tokens, too few for block_size "
-                            f"{model_cfg.block_size}; use a longer text or a smaller --block_size")
+    model, state = init_model(cfg, model_cfg, meta, ddp)
+    model, model_cfg = model.to(device), model.config
+    check_splits(splits, model_cfg.block_size)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     optimizer = build_optimizer(model, cfg)
     # Separate generators: changing the eval cadence never changes the training batches.
-    # Each rank draws its own batches; only rank 0 evaluates.
-    train_gen = torch.Generator().manual_seed(cfg.seed + ddp.rank)
-    eval_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    train_batches = Batches(splits["train"], model_cfg.block_size, cfg.batch_size, device, train_gen)
-    eval_batches = {s: Batches(splits[s], model_cfg.block_size, cfg.batch_size, device, eval_gen) for s in splits}
-
-    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
-    start_step, best_val_loss = 0, float("inf")
-    tokens_seen, elapsed_before = 0, 0.0  # both carry on across resumes, for the metrics log
-    saved_rng = None  # this rank's random state, restored last of all, just before the first step
-    resumed = state is not None
-    if resumed:
-        restore_optimizer(state, optimizer, scaler, last_path, cfg.optimizer)
-        start_step, best_val_loss = state["iter_num"], state["best_val_loss"]
-        tokens_seen = state.get("tokens", start_step * tokens_per_step)
-        elapsed_before = state.get("elapsed", 0.0)
-        eval_gen.set_state(state["rng"][0]["eval"])
-        saved_rng = rank_rng(state, ddp.rank, ddp.world_size)
-        if saved_rng is None:  # another number of processes: fresh streams, distinct for every rank
-            fresh = cfg.seed + ddp.rank + start_step * ddp.world_size
-            torch.manual_seed(fresh)
-            train_gen.manual_seed(fresh)
-        if master:
-            report_changes(cfg, model_cfg, state)
-            if saved_rng is None:
-                print(f"{last_path} was written by {len(state['rng'])} processes and this run has "
-                      f"{ddp.world_size}, so its batches differ from those the stopped run would have drawn")
-            print(f"resuming from iteration {start_step} (best val loss {best_val_loss:.4f})")
-        state = None
-
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    model = ddp.wrap(model)
-
-    flops_tok = flops_per_token(model_cfg, raw_model.num_params())
-    peak = peak_flops(device, dtype) if master else None
-    if peak:
-        peak *= ddp.world_size  # tokens/s counts every process, each with a device (or CPU threads) of its own
-    bpt = bytes_per_token(meta)
-    log = plot = None
-    if master:
-        print(f"{raw_model.num_params():,} parameters; device {device}, {str(dtype).removeprefix('torch.')}"
-              f"{', compiled' if cfg.compile else ''}; {tokens_per_step:,} tokens per step"
-              f"{f' across {ddp.world_size} processes' if ddp.world_size > 1 else ''}")
-        wandb = start_wandb(cfg.wandb_project, cfg.wandb_run_name, asdict(cfg) | asdict(model_cfg)) \
-            if cfg.wandb_log else None
-        log = MetricsLog(cfg.out_dir, wandb)
-        plot = TrainingPlot(cfg.out_dir, log.path)
-        if resumed:
-            log.write("resume", iter=start_step, tokens=tokens_seen, elapsed=elapsed_before)
-
-    def training_state(step):
-        """Everything --init_from=resume needs to continue exactly from `step`."""
-        rng = {"global": rng_state(), "train": train_gen.get_state(), "eval": eval_gen.get_state()}
-        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "model_config": asdict(model_cfg), "train_config": asdict(cfg), "tokenizer": tokenizer_meta,
-                "iter_num": step, "best_val_loss": best_val_loss, "rng": ddp.gather(rng),
-                "tokens": tokens_seen, "elapsed": elapsed(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-
-    t_start = time.perf_counter()
-
-    def elapsed():
-        """Seconds of training since iteration 0, summed over resumes (as far as the checkpoint)."""
-        return elapsed_before + time.perf_counter() - t_start
-
-    pending = []  # (step, loss tensor) not yet checked: reading a loss forces a device sync
-    losses = {}
-    unproven = None  # last.pt written to its temporary file, kept out of place until its weights give a finite loss
-    saved_step = start_step if resumed else None  # the iteration of the last.pt in place
-    t_last, steps_timed = time.perf_counter(), 0
-    recent_ms, pause_s = [], 0.0  # pause_s: how long the latest evaluation and save took
-
-    def stop_on(what, value, step_done):
-        discard_pending(unproven)
-        kept = f"last.pt (iteration {saved_step}) and ckpt.pt" if saved_step is not None else "earlier checkpoints"
-        raise UserError(f"{what} became {value} at iteration {step_done}; stopped without saving these weights. "
-                        f"{kept} in {cfg.out_dir} are kept: lower learning_rate or check the data, "
-                        "then --init_from=resume")
+    gens = {"train": torch.Generator().manual_seed(cfg.seed + ddp.rank),
+            "eval": torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET + ddp.rank)}
+    train_batches = Batches(splits["train"], model_cfg.block_size, cfg.batch_size, device, gens["train"])
+    eval_batches = {s: Batches(splits[s], model_cfg.block_size, cfg.batch_size, device, gens["eval"]) for s in splits}
+    progress, saved_rng = Progress(), None
+    if state is not None:
+        progress, saved_rng = resume_progress(state, cfg, model_cfg, optimizer, scaler, gens, ddp, device)
+    resumed, tokenizer_meta = state is not None, {k: meta[k] for k in ("tokenizer", "vocab_size", "chars") if k in meta}
+    del state
+    step_model = compiled_for_training(model, ddp, cfg.compiles(device))
+    report = Report(cfg, model_cfg, meta, model.num_params(), device, dtype, ddp, progress, resumed)
+    last = LastCheckpoint(os.path.join(cfg.out_dir, LAST), progress.step if resumed else None)
+    pending, losses = [], {}  # pending: (step, loss tensor) not yet read, since reading waits for the device
 
     def check_losses():
         for step_done, loss in pending:
-            value = loss.item()
-            if not math.isfinite(value):
-                stop_on("loss", value, step_done)
-            losses[step_done] = value
+            losses[step_done] = loss.item()
+            if not math.isfinite(losses[step_done]):
+                stop(cfg, last, "loss", losses[step_done], step_done)
         pending.clear()
 
-    if saved_rng is not None:
-        set_rng_state(saved_rng["global"])
-        train_gen.set_state(saved_rng["train"])
+    if saved_rng is not None:  # restored last of all, just before the first step
+        set_rng_state(saved_rng["global"], device)
+        for name, gen in gens.items():
+            gen.set_state(saved_rng[name].cpu())
 
-    for step in range(start_step, cfg.max_iters + 1):
+    for step in range(progress.step, cfg.max_iters + 1):
         last_step = step == cfg.max_iters
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups: their own rate, the same schedule
-        just_resumed = resumed and step == start_step  # its eval and save happened before the stop
+            group["lr"] = lr * group["lr_scale"]  # Muon's groups: their own rate, the same schedule
+        just_resumed = resumed and step == progress.step  # its evaluation and save came before the stop
         t_pause = time.perf_counter()
-        evaluating = master and not just_resumed and (step % cfg.eval_interval == 0 or last_step)
-
+        evaluating = not just_resumed and (step % cfg.eval_interval == 0 or last_step)
         if evaluating:
             check_losses()
-            split_losses = estimate_loss(model, eval_batches, cfg.eval_iters, ctx)
+            split_losses = estimate_loss(step_model, eval_batches, cfg.eval_iters, ctx, ddp)
             for split, value in split_losses.items():
                 if not math.isfinite(value):
-                    stop_on(f"{split} loss", value, step)
-            val = loss_figures(split_losses["val"], meta["tokenizer"], bpt)
-            print(f"step {step}: train loss {split_losses['train']:.4f}, val loss {format_figures(val)}")
-            log.write("eval", iter=step, tokens=tokens_seen, train_loss=split_losses["train"],
-                      val_loss=split_losses["val"], **{f"val_{k}": v for k, v in val.items() if k != "loss"},
-                      lr=lr, elapsed=elapsed())
-            plot.update(final=last_step)
-            if split_losses["val"] < best_val_loss:
-                best_val_loss = split_losses["val"]
-                save_checkpoint({"model": raw_model.state_dict(), "model_config": asdict(model_cfg),
-                                 "tokenizer": tokenizer_meta, "iter_num": step, "best_val_loss": best_val_loss},
-                                os.path.join(cfg.out_dir, BEST))
+                    stop(cfg, last, f"{split} loss", value, step)
+            report.evaluation(step, split_losses, lr, progress.tokens, last_step)
+            if split_losses["val"] < progress.best_val_loss:
+                progress.best_val_loss = split_losses["val"]
+                if master:
+                    save_checkpoint({"model": model.state_dict(), "model_config": asdict(model_cfg),
+                                     "tokenizer": tokenizer_meta, "iter_num": step,
+                                     "best_val_loss": progress.best_val_loss}, os.path.join(cfg.out_dir, BEST))
         if not just_resumed and (step % cfg.checkpoint_interval == 0 or last_step):
-            snapshot = training_state(step)  # every rank takes part: the RNG states are gathered
-            if master:
-                unproven = write_pending(snapshot, last_path)
-                if evaluating:  # the evaluation above has just shown these weights give finite losses
-                    commit_checkpoint(unproven, last_path)
-                    unproven, saved_step = None, step
-            del snapshot
-        paused = time.perf_counter() - t_pause
-        t_last += paused  # evaluation and saving stay out of ms/iter
-        pause_s = paused if evaluating else pause_s
+            rng = ddp.gather({"global": rng_state(device), **{name: g.get_state() for name, g in gens.items()}})
+            if master:  # an evaluation has just shown these weights give finite losses, or the next step will
+                last.write({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "model_config": asdict(model_cfg), "train_config": asdict(cfg),
+                            "tokenizer": tokenizer_meta, "iter_num": step, "best_val_loss": progress.best_val_loss,
+                            "rng": rng, "tokens": progress.tokens, "elapsed": report.elapsed(),
+                            "scaler": scaler.state_dict() if scaler.is_enabled() else None}, proven=evaluating)
+        report.paused(time.perf_counter() - t_pause, evaluating)
         if last_step:
             break
 
-        micro = [train_batches.sample() for _ in range(accum)]
-        loss = ddp.mean(optimizer_step(model, optimizer, micro, ctx, scaler, cfg.grad_clip, ddp.sync))
-        steps_timed += 1
-        tokens_seen += tokens_per_step
-        if master:
-            pending.append((step, loss))
-            if unproven:  # this step's loss came from the weights just written: finite, they may replace last.pt
-                check_losses()
-                commit_checkpoint(unproven, last_path)
-                unproven, saved_step = None, step
+        micro = [train_batches.sample() for _ in range(cfg.gradient_accumulation_steps // ddp.world_size)]
+        loss = ddp.mean(optimizer_step(step_model, optimizer, micro, ctx, scaler, cfg.grad_clip, ddp.sync))
+        progress.tokens += report.tokens_per_step
+        pending.append((step, loss))
+        if last.pending:  # this step's loss came from the weights just written
+            check_losses()
+            last.commit()
         if master and ((step + 1) % cfg.log_interval == 0 or step + 1 == cfg.max_iters):
-            check_losses()  # the only host sync outside evaluation and saving
-            now = time.perf_counter()
-            ms = (now - t_last) * 1000 / steps_timed
-            t_last, steps_timed = now, 0
-            recent_ms = (recent_ms + [ms])[-10:]
-            tok_s = tokens_per_step / (ms / 1000)
-            util = mfu(tok_s, flops_tok, peak)
-            evals_left = cfg.max_iters // cfg.eval_interval - step // cfg.eval_interval \
-                + (cfg.max_iters % cfg.eval_interval != 0)
-            eta = (cfg.max_iters - step - 1) * sum(recent_ms) / len(recent_ms) / 1000 + evals_left * pause_s
-            print(f"iter {step + 1}/{cfg.max_iters}: loss {losses[step]:.4f}, {ms:.1f} ms/iter, {tok_s:,.0f} tok/s"
-                  f"{f', mfu {100 * util:.1f}%' if util is not None else ''}, eta {eta:.0f}s")
-            log.write("train", iter=step + 1, tokens=tokens_seen, loss=losses[step], lr=lr, ms_per_iter=ms,
-                      tokens_per_sec=tok_s, mfu=util, elapsed=elapsed())
+            check_losses()  # the only wait for the device outside evaluation and saving
+        report.steps(step, losses.get(step), lr, progress.tokens)
 
+    check_losses()
     if master:
-        check_losses()
-        print(f"done: best val loss {best_val_loss:.4f}; checkpoints in {cfg.out_dir}")
+        print(f"done: best val loss {progress.best_val_loss:.4f}; checkpoints in {cfg.out_dir}")
     ddp.cleanup()
-    return {"losses": [losses[k] for k in sorted(losses)], "best_val_loss": best_val_loss}
+    return {"losses": [losses[k] for k in sorted(losses)], "best_val_loss": progress.best_val_loss}
 
 
-def run_eval_only(cfg, meta, splits, device, ctx):
+def stop(cfg, last, what, value, step):
+    """End a run whose loss is not finite, keeping the checkpoints of the last good weights."""
+    last.discard()
+    kept = f"last.pt (iteration {last.step}) and ckpt.pt" if last.step is not None else "earlier checkpoints"
+    raise UserError(f"{what} became {value} at iteration {step}; stopped without saving these weights. "
+                    f"{kept} in {cfg.out_dir} are kept: lower learning_rate or check the data, "
+                    "then --init_from=resume")
+
+
+def run_eval_only(cfg, meta, splits, device, ctx, ddp):
     """--eval_only: the whole val split, every target once, so the figure is repeatable."""
     path = os.path.join(cfg.out_dir, BEST)
-    model, _, ckpt = load_model(path, device)
+    model, _, ckpt = load_model(path)
     check_vocabulary(ckpt, meta, cfg.dataset, path, "evaluate")
     block_size, val = model.config.block_size, splits["val"]
     if len(val) <= block_size:
         raise UserError(f"the val split of {cfg.dataset} has {len(val)} tokens, too few for the checkpoint's "
                         f"block_size {block_size}; evaluate on a dataset with a longer val split")
-    loss = evaluate_split(model, val, block_size, cfg.batch_size, device, ctx)
-    figures = loss_figures(loss, meta["tokenizer"], bytes_per_token(meta))
-    print(f"val loss {format_figures(figures)} over all {len(val) - 1:,} targets of {cfg.dataset} "
-          f"({path}, iteration {ckpt.get('iter_num', '?')})")
+    loss = evaluate_split(model.to(device), val, block_size, cfg.batch_size, device, ctx, ddp)
+    figures = loss_figures(loss, meta["tokenizer"], meta["val_bytes"] / meta["val_tokens"]
+                           if meta.get("val_bytes") else None)
+    if ddp.rank == 0:
+        print(f"val loss {format_figures(figures)} over all {len(val) - 1:,} targets of {cfg.dataset} "
+              f"({path}, iteration {ckpt.get('iter_num', '?')})")
+    ddp.cleanup()
     return figures
 
 
@@ -396,7 +432,7 @@ def main(argv=None):
     try:
         return train(cfg, model_cfg)
     except RuntimeError as e:
-        if not distributed.lost_peer(e):
+        if not lost_peer(e):
             raise
         # Not this process's fault: one line here, and the process that failed says why.
         raise UserError("another process of this job stopped, so this one cannot go on; "

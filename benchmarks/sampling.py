@@ -24,10 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from checkpoint import save_checkpoint  # noqa: E402
-from device import pick_dtype  # noqa: E402
-from generate import for_inference  # noqa: E402
+from common import pick_dtype  # noqa: E402
+from generate import generate_tokens  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from sampling import generate_tokens  # noqa: E402
 from tokenizer import CharTokenizer  # noqa: E402
 
 # Tiny Shakespeare's 65 characters, so sample.py's default prompt (a newline) is in the vocabulary.
@@ -78,13 +77,11 @@ def main():
     model = GPT(config).eval()
     auto = pick_dtype("auto", torch.device("cpu"))
     dtypes = [torch.float32] + ([auto] if auto != torch.float32 else [])
-    models = {}
-    for dtype in dtypes:  # each prepared as sample.py prepares it
-        copy = GPT(config)
-        copy.load_state_dict(model.state_dict())
-        models[dtype] = for_inference(copy, dtype)
+    models = {dtype: GPT(config).to(dtype).eval() for dtype in dtypes}  # as generate.load prepares it
+    for m in models.values():
+        m.load_state_dict(model.state_dict())
     print(f"{model.num_params() / 1e6:.1f}M parameters, context {args.block_size}, {args.new_tokens} new tokens, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     results = {(dtype, cache): [] for dtype in dtypes for cache in (True, False)}
     for m in models.values():
         tokens_per_second(m, 20, True)  # warm up kernels and allocator

@@ -25,6 +25,10 @@ First Citizen:
 First, you know Caius Marcius is chief enemy to the people.
 """ * 20
 
+# What a finished run leaves in out_dir; loss.png is drawn only where matplotlib is installed.
+OUT_FILES = sorted(["ckpt.pt", "last.pt", "metrics.jsonl"]
+                   + (["loss.png"] if importlib.util.find_spec("matplotlib") else []))
+
 TINY_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4",
               "--device=cpu", "--dtype=float32", "--eval_iters=2", "--log_interval=1"]
 

@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-import distributed
+import common
 import train
-from errors import run_main
+from common import run_main
 from model import GPTConfig, build_model
 
 CONFIG = GPTConfig(vocab_size=35, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
@@ -40,7 +40,7 @@ def fresh_model_and_optimizer():
 
 
 def one_step(k, out_path):
-    ddp = distributed.setup(SimpleNamespace(gradient_accumulation_steps=2 * k, device="cpu"))
+    ddp = common.setup_distributed(SimpleNamespace(gradient_accumulation_steps=2 * k, device="cpu"))
     model, optimizer = fresh_model_and_optimizer()
     ddp_model = ddp.wrap(model)
     all_reduces = []

@@ -14,9 +14,9 @@ import torch
 
 import train
 from checkpoint import load_checkpoint
-from conftest import ROOT, TINY_MODEL, run_script
-from errors import UserError, run_main
-from metrics import current_records, read_metrics
+from conftest import OUT_FILES, ROOT, TINY_MODEL, run_script
+from common import UserError, run_main
+from plot import current_records, read_metrics
 from prepare import prepare
 from test_scripts import assert_one_line_error
 
@@ -111,7 +111,7 @@ def test_out_of_disk_space_keeps_the_previous_checkpoint(workdir, monkeypatch, c
     monkeypatch.setattr(torch, "save", real_save)
     assert file_bytes(workdir / "out" / "last.pt") == before
     assert load_checkpoint(workdir / "out" / "last.pt")["iter_num"] == 2
-    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["ckpt.pt", "last.pt", "loss.png", "metrics.jsonl"]
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == OUT_FILES
 
 
 def test_out_dir_that_cannot_be_written(workdir, monkeypatch):
@@ -186,8 +186,8 @@ def nan_from_training_step(monkeypatch, first_bad_step):
     from model import GPT
     real_forward, calls = GPT.forward, []
 
-    def forward(self, idx, targets=None, cache=None):
-        logits, loss = real_forward(self, idx, targets, cache)
+    def forward(self, idx, targets=None, **kwargs):
+        logits, loss = real_forward(self, idx, targets, **kwargs)
         if self.training and targets is not None:
             calls.append(1)
             if len(calls) > first_bad_step:

@@ -12,9 +12,9 @@ import torch.distributed as dist
 
 import train
 from checkpoint import load_checkpoint
-from conftest import ROOT, TINY_MODEL, run_script
+from conftest import OUT_FILES, ROOT, TINY_MODEL, run_script
 from distributed_worker import fixed_batches, fresh_model_and_optimizer
-from metrics import current_records, read_metrics
+from plot import current_records, read_metrics
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="this torch has no gloo backend")
@@ -63,7 +63,7 @@ def test_two_processes_train_log_once_save_once_and_resume_exactly(workdir, monk
     assert "128 tokens per step across 2 processes" in lines[0]  # batch 4 x block 16 x 2 micro-steps in all
     for once in ["step 0: train loss", "step 8: train loss", "done: best val loss", *[f"iter {i}/8:" for i in range(1, 9)]]:
         assert sum(line.startswith(once) for line in lines) == 1, once  # rank 0 alone prints
-    assert sorted(p.name for p in (workdir / "a").iterdir()) == ["ckpt.pt", "last.pt", "loss.png", "metrics.jsonl"]
+    assert sorted(p.name for p in (workdir / "a").iterdir()) == OUT_FILES
     last = load_checkpoint(workdir / "a" / "last.pt")
     assert last["iter_num"] == 8 and len(last["rng"]) == 2  # each rank's generators, for an exact resume
     assert not torch.equal(last["rng"][0]["train"], last["rng"][1]["train"])  # ranks draw different batches
@@ -146,3 +146,28 @@ def test_one_failing_rank_ends_the_whole_job(workdir):
 
     result = torchrun(workdir, WORKER, "bad_rank", *ARGS, "--out_dir=e", "--max_iters=50", timeout=90)
     assert_one_error_line(result, "rank 1: no prepared data in data/missing")
+
+
+@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "rope"])
+def test_every_position_encoding_trains_and_evaluates_on_two_processes(workdir, pos_encoding):
+    # The sinusoidal table is a buffer: evaluation must not start a collective (a broadcast
+    # of buffers) that only some processes join. (Learned positions run in the test above.)
+    t0 = time.monotonic()
+    result = torchrun(workdir, os.path.join(ROOT, "train.py"), *ARGS, f"--pos_encoding={pos_encoding}",
+                      f"--out_dir={pos_encoding}", "--max_iters=4", "--eval_interval=2", timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("step ")] == \
+        ["step 0", "step 2", "step 4"]
+    assert time.monotonic() - t0 < 90
+
+
+def test_eval_only_shares_the_split_and_reports_once(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    train.main([*ARGS, "--out_dir=f", "--max_iters=2"])
+    alone = train.main([*ARGS, "--out_dir=f", "--eval_only=true"])
+    capsys.readouterr()
+    result = torchrun(workdir, os.path.join(ROOT, "train.py"), *ARGS, "--out_dir=f", "--eval_only=true", timeout=90)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("val loss")]
+    assert len(lines) == 1 and f"{alone['loss']:.4f}" in lines[0]  # every target once, over both processes
+    assert "destroy_process_group" not in result.stderr  # the process group was taken down

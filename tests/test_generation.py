@@ -2,10 +2,10 @@
 import torch
 import pytest
 
-import sampling
-from errors import UserError
+import generate as generation
+from common import UserError
 from model import GPT, GPTConfig
-from sampling import filter_top_k, filter_top_p, generate_tokens, sample_next
+from generate import check_finite, filter_top_k, filter_top_p, generate_tokens, sample_next
 
 
 def tiny_model(pos_encoding="learned", seed=0):
@@ -85,28 +85,36 @@ def test_top_k():
     assert torch.isfinite(filter_top_k(logits, 2)).tolist() == [[False, True, True, False]]
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
-def test_draw_picks_what_multinomial_picks_for_a_seed(device):
-    torch.manual_seed(0)
-    for rows, vocab in ((1, 65), (3, 65), (2, 1000)):
-        probs = torch.softmax(3 * torch.randn(rows, vocab), dim=-1).to(device)
-        for seed in range(50):
-            expected = torch.multinomial(probs, 1, generator=torch.Generator(device).manual_seed(seed))
-            assert torch.equal(sampling.draw(probs, torch.Generator(device).manual_seed(seed)), expected)
-
-
 @pytest.mark.parametrize("logits", [[[5.0, float("nan"), 1.0]], [[float("inf"), 0.0, 1.0]],
                                     [[float("-inf")] * 3], [[5.0, -3.0, 2.0]]])
-def test_logits_that_are_not_finite_are_an_error_not_a_token(logits):
-    temperature = 1e-40 if logits == [[5.0, -3.0, 2.0]] else 1.0  # logits / temperature overflows
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_logits_that_are_not_finite_give_no_token_but_an_error(logits, temperature):
+    if logits == [[5.0, -3.0, 2.0]]:
+        temperature = 1e-40  # finite logits, but logits / temperature overflows
+    rows = torch.tensor(logits + [[0.0, 0.0, -1.0]])  # a good row beside the bad one
+    tokens = sample_next(rows, temperature)
+    assert tokens[0].item() == -1 and 0 <= tokens[1].item() < 3  # marked, without waiting on the device
     with pytest.raises(UserError, match="not finite"):
-        sample_next(torch.tensor(logits), temperature)
+        check_finite(tokens)
 
 
-def test_draw_follows_the_probabilities_and_never_picks_a_dropped_token():
+def test_a_generator_stops_with_one_line_when_the_logits_are_not_finite():
+    model = tiny_model()
+    with torch.no_grad():
+        model.ln_f.weight.fill_(float("nan"))
+    from generate import Generator
+    from tokenizer import CharTokenizer
+    gen = Generator(model, CharTokenizer([chr(97 + i) for i in range(65)]), torch.device("cpu"))
+    with pytest.raises(UserError, match="not finite"):
+        gen("a", max_new_tokens=5)
+    with pytest.raises(UserError, match="not finite"):
+        model.generate(torch.zeros(1, 1, dtype=torch.long), 5)
+
+
+def test_sampling_follows_the_probabilities_and_never_picks_a_dropped_token():
     probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).expand(20000, -1)
-    counts = torch.bincount(sampling.draw(probs, torch.Generator().manual_seed(0)).view(-1), minlength=5)
+    tokens = sample_next(probs.log(), 1.0, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens.view(-1), minlength=5)
     assert counts[1] == 0 and counts[4] == 0
     assert (counts / 20000 - probs[0]).abs().max() < 0.02
 
@@ -118,7 +126,7 @@ def test_top_k_at_or_above_the_vocabulary_filters_nothing(monkeypatch):
     assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])  # the draws of no top_k
     def refuse(*args):
         raise AssertionError("filter_top_k called with k >= vocabulary")
-    monkeypatch.setattr(sampling, "filter_top_k", refuse)
+    monkeypatch.setattr(generation, "filter_top_k", refuse)
     sample_next(logits, 1.0, 65)  # the filter is skipped, not run for nothing
     with pytest.raises(AssertionError):
         sample_next(logits, 1.0, 64)

@@ -45,14 +45,14 @@ def test_fine_tune_from_a_local_safetensors_file(bpe_workdir):
     config = state["model_config"]
     assert (config["n_layer"], config["n_embd"], config["activation"]) == (2, 32, "gelu_tanh")
     assert config["block_size"] == 16 and state["model"]["wpe.weight"].shape == (16, 32)  # cropped from 64
-    start, tuned = hf.transformer.wte.weight, state["model"]["wte.weight"]
+    start, tuned = hf.transformer.wte.weight, state["model"]["wte.weight"][:50257]  # the rows past it: padding
     assert not torch.equal(start, tuned) and torch.allclose(start, tuned, atol=1e-3)  # trained from these weights
     result = run_script("sample.py", "--out_dir=out", "--start", "All:", "--max_new_tokens=5", "--device=cpu",
                         cwd=bpe_workdir)
     assert result.stdout.startswith("All:")
 
 
-def test_sample_from_gpt2_weights_in_a_folder(bpe_workdir):
+def test_sample_from_gpt2_in_a_folder(bpe_workdir):
     hf = save_tiny_hf_gpt2(bpe_workdir / "hf")
     result = run_script("sample.py", "--init_from", "hf", "--start", "Speak, speak.", "--max_new_tokens=8",
                         "--temperature=0", "--device=cpu", "--dtype=float32", cwd=bpe_workdir)

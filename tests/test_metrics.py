@@ -10,8 +10,8 @@ import torch
 
 import train
 from conftest import TINY_MODEL
-from errors import UserError
-from metrics import LN2, MetricsLog, current_records, loss_figures, read_metrics
+from common import UserError
+from plot import LN2, MetricsLog, current_records, loss_figures, read_metrics
 from model import GPTConfig, build_model
 from prepare import prepare
 

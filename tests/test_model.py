@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import GPT, GPTConfig, build_model
+import model as model_module
+from model import GPT, GPTConfig, build_model, cross_entropy
 
 
 def tiny(**kw):
@@ -114,21 +115,12 @@ def test_bigram_is_a_lookup_table():
 def test_auto_attention_spells_out_bf16_training_on_cpu_only():
     attn = GPT(tiny()).blocks[0].attn
     q = torch.zeros(1, 4, 16, 8)
-    assert not attn._use_explicit(q, q)  # fp32: the fused kernel
-    assert attn._use_explicit(q.bfloat16(), q.bfloat16())  # bf16 training on CPU: the formula
+    assert not attn.spelled_out(q, q)  # fp32: the fused kernel
+    assert attn.spelled_out(q.bfloat16(), q.bfloat16())  # bf16 training on CPU: the formula
     with torch.no_grad():
-        assert not attn._use_explicit(q.bfloat16(), q.bfloat16())  # generation: the fused kernel
+        assert not attn.spelled_out(q.bfloat16(), q.bfloat16())  # generation: the fused kernel
     long = torch.zeros(1, 4, 1024, 8, dtype=torch.bfloat16)
-    assert not attn._use_explicit(long, long)
-
-
-def test_auto_attention_spells_out_cpu_training_with_dropout():
-    # The fused CPU kernel has no dropout; the formula draws the cheap mask.
-    attn = GPT(tiny(dropout=0.1)).blocks[0].attn
-    long = torch.zeros(1, 4, 1024, 8)
-    assert attn._use_explicit(long, long)
-    attn.eval()
-    assert not attn._use_explicit(long, long)
+    assert not attn.spelled_out(long, long)
 
 
 def test_explicit_attention_takes_the_caches_masks_as_sdpa_does():
@@ -140,7 +132,7 @@ def test_explicit_attention_takes_the_caches_masks_as_sdpa_does():
     k, v = torch.randn(2, 2, 4, 9, 8).unbind(0)
     q_idx, k_idx = torch.arange(4, 9)[:, None], torch.arange(9)[None, :]
     mask = (k_idx <= q_idx) & (k_idx > q_idx - 6)  # (5, 9)
-    spelled_out = attn._explicit_attention(q, k, v, mask, False)
+    spelled_out = attn.explicit_attention(q, k, v, mask, False)
     fused = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert torch.allclose(spelled_out, fused, atol=1e-6)
     grad_spelled, = torch.autograd.grad(spelled_out.sum(), q)
@@ -152,9 +144,9 @@ def test_spelled_out_attention_applies_dropout_in_training_only():
     torch.manual_seed(0)
     attn = GPT(tiny(dropout=0.5, attention="explicit")).blocks[0].attn
     q = torch.randn(1, 4, 16, 8)
-    evaluated = attn.eval()._explicit_attention(q, q, q, None, True)
-    assert torch.equal(attn._explicit_attention(q, q, q, None, True), evaluated)
-    assert not torch.allclose(attn.train()._explicit_attention(q, q, q, None, True), evaluated)
+    evaluated = attn.eval().explicit_attention(q, q, q, None, True)
+    assert torch.equal(attn.explicit_attention(q, q, q, None, True), evaluated)
+    assert not torch.allclose(attn.train().explicit_attention(q, q, q, None, True), evaluated)
 
 
 def test_auto_attention_under_bf16_autocast_matches_fp32():
@@ -187,3 +179,48 @@ def test_built_from_weights_refuses_a_state_dict_that_does_not_fill_it():
     del weights["ln_f.weight"]
     with pytest.raises(RuntimeError, match="ln_f.weight"):
         build_model(tiny(), weights)
+
+
+def test_under_autocast_attention_hands_its_projection_bf16_not_an_fp32_copy():
+    model = GPT(tiny())
+    seen = []
+    model.blocks[0].attn.c_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    with torch.autocast("cpu", torch.bfloat16):
+        model(torch.zeros(1, 16, dtype=torch.long))
+    assert seen == [torch.bfloat16]
+
+
+def test_vocabulary_rows_are_padded_to_64_and_never_seen():
+    model = GPT(tiny(vocab_size=65))
+    assert model.wte.weight.shape == (128, 32) and model.lm_head.weight is model.wte.weight
+    logits, loss = model(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long))
+    assert logits.shape == (2, 4, 65)  # the padded rows' logits are cut off
+    assert GPTConfig(vocab_size=50257).padded_vocab_size == 50304 and GPTConfig(vocab_size=64).padded_vocab_size == 64
+
+
+def test_a_checkpoint_without_padded_rows_loads_and_computes_the_same():
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    old = {k: (v[:65] if k in ("wte.weight", "lm_head.weight") else v) for k, v in model.state_dict().items()}
+    loaded = build_model(tiny(), old).eval()  # as written before vocabularies were padded
+    idx = torch.randint(0, 65, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx)[0], model(idx)[0])
+    assert loaded.lm_head.weight is loaded.wte.weight
+
+
+def test_the_loss_in_chunks_is_the_loss_and_its_gradient(monkeypatch):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 65, requires_grad=True)
+    targets = torch.randint(0, 65, (3, 7))
+    targets[0, 0] = -1  # skipped
+    expected = F.cross_entropy(logits.view(-1, 65), targets.view(-1), ignore_index=-1)
+    grad, = torch.autograd.grad(expected, logits)
+    calls = []
+    real = F.cross_entropy
+    monkeypatch.setattr(model_module.F, "cross_entropy", lambda x, *a, **k: calls.append(x.shape) or real(x, *a, **k))
+    monkeypatch.setattr(model_module, "LOSS_CHUNK_ELEMENTS", 65 * 5)  # five rows of logits at a time
+    loss = cross_entropy(logits, targets)
+    assert calls == [(5, 65)] * 4 + [(1, 65)]  # never all 21 rows in fp32 at once
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert torch.allclose(torch.autograd.grad(loss, logits)[0], grad, atol=1e-7)

@@ -4,13 +4,11 @@ import torch
 
 import train
 from conftest import TINY_MODEL
-from errors import UserError
+from common import UserError
 from model import GPT, GPTConfig
-from optimizers import OptimizerSet, build_optimizer
+from optim import Muon, OptimizerSet, build_optimizer, orthogonalize
 from settings import TrainConfig, load_settings
 from test_resume import K, assert_same_run, run
-
-pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs PyTorch 2.9")
 
 
 def tiny_gpt():
@@ -121,7 +119,7 @@ def test_fused_adamw_steps_as_the_unfused_one():
 def test_resuming_keeps_this_machines_adamw_kernel(name):
     # A checkpoint from an unfused AdamW (written on another machine, or by another
     # version) must not unfuse this one: fused AdamW takes GradScaler's scale in its step.
-    from resume import restore_optimizer
+    from checkpoint import restore_optimizer
     cfg = TrainConfig(optimizer=name)
     idx = torch.randint(0, 65, (2, 16), generator=torch.Generator().manual_seed(0))
     saved_model = tiny_gpt()
@@ -143,3 +141,41 @@ def test_resuming_keeps_this_machines_adamw_kernel(name):
     scaler.scale(loss).backward()
     scaler.step(optimizer)  # an unfused group under a fused optimizer raised here
     scaler.update()
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon arrived in PyTorch 2.9")
+def test_muon_steps_as_torchs_muon():
+    torch.manual_seed(0)
+    weights = [torch.randn(48, 16), torch.randn(16, 48), torch.randn(32, 32)]  # tall, wide, square
+    ours = [w.clone().requires_grad_() for w in weights]
+    theirs = [w.clone().requires_grad_() for w in weights]
+    mine = Muon(ours, lr=0.02, ns_dtype=torch.bfloat16)
+    reference = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.0, momentum=0.95, adjust_lr_fn="original")
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        grads = [torch.randn(w.shape, generator=gen) for w in weights]
+        for params, opt in ((ours, mine), (theirs, reference)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b, w in zip(ours, theirs, weights):
+        assert (a - w).abs().max() > 0.01  # it moved
+        assert torch.allclose(a, b, atol=1e-3), (a - b).abs().max()  # bf16 both: the same arithmetic
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (32, 32)])
+def test_orthogonalize_in_fp32_sets_every_singular_value_near_one(shape):
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    singular = torch.linalg.svdvals(orthogonalize(g, dtype=torch.float32))
+    assert singular.min() > 0.6 and singular.max() < 1.25  # the quintic's band: about 0.7 to 1.2
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    cosine = torch.nn.functional.cosine_similarity(orthogonalize(g).flatten(), (u @ vh).flatten(), dim=0)
+    assert cosine > 0.97  # close to U V^T itself
+
+
+@pytest.mark.parametrize("native, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_muon_orthogonalizes_in_bf16_only_where_the_cpu_has_it(monkeypatch, native, dtype):
+    import common
+    monkeypatch.setattr(common, "cpu_has_bf16_matmul", lambda: native)
+    opt = build_optimizer(tiny_gpt(), TrainConfig(optimizer="muon"))
+    assert opt.optimizers["muon"].ns_dtype == dtype

@@ -7,7 +7,7 @@ import pytest
 import plot
 import train
 from conftest import TINY_MODEL, run_script
-from errors import UserError
+from common import UserError
 from test_scripts import assert_one_line_error
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import torch
 
 from checkpoint import load_model, save_checkpoint
 from model import GPT, GPTConfig, build_model
-from positions import apply_rotary, rotary_cos_sin, sinusoidal_table
+from model import apply_rotary, rotary_cos_sin, sinusoidal_table
 
 
 def test_sinusoidal_table_equals_the_formula():
@@ -68,7 +68,7 @@ def test_each_encoding_trains_and_round_trips(pos_encoding, tmp_path):
     save_checkpoint({"model": model.state_dict(), "model_config": asdict(config),
                      "tokenizer": {"tokenizer": "char", "vocab_size": 16, "chars": list("abcdefghijklmnop")}},
                     str(tmp_path / "ckpt.pt"))
-    loaded, _, _ = load_model(str(tmp_path), "cpu")
+    loaded, _, _ = load_model(str(tmp_path))
     assert loaded.config.pos_encoding == pos_encoding
     assert torch.equal(loaded(x)[0], model.eval()(x)[0])
 

@@ -4,34 +4,50 @@ import math
 import pytest
 import torch
 
-import device as device_module
-from device import autocast, pick_dtype
-from errors import UserError
+import common
+from common import autocast, pick_dtype
+from common import UserError
 from model import GPT, GPTConfig
-from throughput import flops_per_token, gpu_peak_flops, mfu
+from common import flops_per_token, gpu_peak_flops, mfu
 from train import optimizer_step
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 
 
-def test_cuda_gets_bf16_where_supported_else_fp16(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+def test_cuda_gets_bf16_where_computed_in_hardware_else_fp16(monkeypatch):
+    def ampere(including_emulation=True):
+        return True
+
+    def volta(including_emulation=True):  # V100, T4, RTX 20xx: bf16 only emulated
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", ampere)
     assert pick_dtype("auto", CUDA) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", volta)
     assert pick_dtype("auto", CUDA) == torch.float16
 
 
-def test_cpu_gets_bf16_only_with_native_bf16_matmul(monkeypatch):
-    monkeypatch.setattr(device_module, "cpu_has_bf16_matmul", lambda: True)
-    assert pick_dtype("auto", CPU) == torch.bfloat16
-    monkeypatch.setattr(device_module, "cpu_has_bf16_matmul", lambda: False)
-    assert pick_dtype("auto", CPU) == torch.float32
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_gets_bf16_only_with_native_bf16_matmul(monkeypatch, native):
+    monkeypatch.setattr(common, "cpu_has_bf16_matmul", lambda: native)
+    assert pick_dtype("auto", CPU) == (torch.bfloat16 if native else torch.float32)
 
 
-def test_mps_trains_in_fp32_and_explicit_names_win():
-    assert pick_dtype("auto", MPS) == torch.float32
+def test_bf16_instructions_count_only_where_pytorch_uses_them(monkeypatch):
+    # ATEN_CPU_CAPABILITY=avx2 holds PyTorch to AVX2 kernels, as on a CPU without bf16.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not common.cpu_has_bf16_matmul()
+
+
+@pytest.mark.parametrize("macos_14, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_macs_get_bf16_from_macos_14(monkeypatch, macos_14, expected):
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos_14)
+    assert pick_dtype("auto", MPS) == expected
+
+
+def test_explicit_dtype_names_win():
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16)):
-        assert pick_dtype(name, CPU) == dtype and pick_dtype(name, CUDA) == dtype
+        assert pick_dtype(name, CPU) == dtype and pick_dtype(name, CUDA) == dtype and pick_dtype(name, MPS) == dtype
     with pytest.raises(UserError, match="unknown dtype"):
         pick_dtype("fp8", CPU)
 
@@ -68,9 +84,10 @@ def test_flops_per_token_of_gpt2_small():
     config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
     with torch.device("meta"):  # shapes only: no memory, no time
         n = GPT(config).num_params()
-    assert n == 124_439_808 - 1024 * 768  # GPT-2 small (124.4M) without its position table
-    # 6N for the weights plus 12 * layers * width * context for attention: 741.9M + 113.2M
-    assert flops_per_token(config, n) == 6 * n + 12 * 12 * 768 * 1024 == 855_166_464
+    # GPT-2 small (124.4M) without its position table, with 47 rows of padding (50,304 - 50,257)
+    assert n == 124_439_808 - 1024 * 768 + 47 * 768
+    # 6N for the weights plus 12 * layers * width * context for attention: 742.1M + 113.2M
+    assert flops_per_token(config, n) == 6 * n + 12 * 12 * 768 * 1024 == 855_383_040
 
 
 def test_mfu_is_achieved_flops_over_peak():
@@ -81,7 +98,9 @@ def test_mfu_is_achieved_flops_over_peak():
 
 def test_gpu_peaks_match_the_names_cards_report():
     assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12  # SXM
-    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12 and gpu_peak_flops("NVIDIA H100 NVL") == 835e12
+    assert gpu_peak_flops("NVIDIA H200") == 989e12 and gpu_peak_flops("NVIDIA H200 NVL") == 835e12
+    assert gpu_peak_flops("NVIDIA GH200 480GB") == 989e12  # Grace Hopper: an H100-class GPU
     assert gpu_peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
     assert gpu_peak_flops("NVIDIA L40S") == 362e12 and gpu_peak_flops("NVIDIA L4") == 121e12
     assert gpu_peak_flops("Some Future GPU") is None

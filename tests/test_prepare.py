@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import prepare
-from errors import UserError
+from common import UserError
 from tokenizer import CharTokenizer, load_tokenizer
 
 

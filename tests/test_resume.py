@@ -5,7 +5,7 @@ import torch
 import train
 from checkpoint import load_checkpoint
 from conftest import TINY_MODEL
-from metrics import current_records, read_metrics
+from plot import current_records, read_metrics
 
 K = 6  # stop here; the uninterrupted run goes to 2K
 # Dropout on, so the resumed run must restore torch's generator too; a schedule that does not

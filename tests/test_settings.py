@@ -1,6 +1,6 @@
 import pytest
 
-from errors import UserError
+from common import UserError
 from settings import help_text, load_settings, read_config_file
 
 
@@ -9,7 +9,7 @@ def test_config_file_then_overrides(tmp_path):
     path.write_text('"""doc"""\nn_layer = 3\nmax_iters = 200\nlr_decay_iters = max_iters\nmin_lr = 1e-3 / 10\n')
     cfg, model = load_settings([str(path), "--max_iters=50", "--n_embd", "72", "--compile=true"])
     assert model.n_layer == 3 and model.n_embd == 72
-    assert cfg.max_iters == 50 and cfg.lr_decay_iters == 200 and cfg.compile is True
+    assert cfg.max_iters == 50 and cfg.lr_decay_iters == 200 and cfg.compile == "true"
     assert cfg.min_lr == pytest.approx(1e-4)
 
 
@@ -23,7 +23,8 @@ def test_values_are_parsed_with_their_type():
     (["--n_layers=4"], "did you mean 'n_layer'"),
     (["--n_layer=four"], "takes an integer"),
     (["--n_layer=1.5"], "takes an integer"),
-    (["--compile=maybe"], "takes true or false"),
+    (["--compile=maybe"], "compile must be auto, true or false"),
+    (["--bias=maybe"], "takes true or false"),
     (["--max_iters"], "needs a value"),
     (["--pos_encoding=absolute"], "pos_encoding must be one of"),
     (["a.py", "b.py"], "unexpected argument"),
@@ -74,7 +75,7 @@ def test_help_lists_every_setting():
 
 
 def test_the_fine_tuning_recipe_has_gpt2s_shape():
-    from gpt2_weights import GPT2_SIZES
+    from gpt2 import GPT2_SIZES
     from conftest import ROOT
     cfg, model = load_settings([f"{ROOT}/config/finetune_shakespeare.py"])
     assert cfg.init_from == "gpt2" and cfg.dataset == "shakespeare" and not cfg.decay_lr

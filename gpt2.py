@@ -16,14 +16,15 @@ import math
 import os
 import struct
 import sys
+import tempfile
 import urllib.request
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from errors import UserError
-from model import GPT, GPTConfig, NoInit
+from common import UserError
+from model import GPT, GPTConfig
 from prepare import Progress
 
 # The four sizes OpenAI released (Radford et al. 2019), by their Hugging Face names.
@@ -57,8 +58,10 @@ def cache_dir():
 def download(name):
     """The cached folder of config.json and model.safetensors for a GPT-2 name, fetched if missing.
 
-    Each file arrives in a temporary file renamed when complete, so an interrupted
-    download is never mistaken for a whole one.
+    Each file arrives in a temporary file of a unique name, renamed when complete,
+    so an interrupted download is never mistaken for a whole one, and processes
+    downloading into a cache they share (machines on one filesystem) never write
+    into each other's file.
     """
     folder = os.path.join(cache_dir(), name)
     for file in HUB_FILES:
@@ -67,18 +70,18 @@ def download(name):
             continue
         url = HUB_URL.format(name=name, file=file)
         print(f"downloading {url} to {folder}", file=sys.stderr)
-        tmp = f"{path}.part{os.getpid()}"
-        progress = None
+        tmp, progress = None, None
         try:
             os.makedirs(folder, exist_ok=True)
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            fd, tmp = tempfile.mkstemp(prefix=f"{file}.", suffix=".part", dir=folder)
+            with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as f:
                 progress = Progress(int(response.headers.get("Content-Length") or 0), file)
                 while block := response.read(1 << 20):
                     f.write(block)
                     progress.advance(len(block))
             os.replace(tmp, path)
         except OSError as e:  # URLError, HTTPError, timeouts, a full disk
-            if os.path.exists(tmp):
+            if tmp and os.path.exists(tmp):
                 os.remove(tmp)
             raise UserError(f"could not download {url} ({getattr(e, 'reason', None) or e}); offline, copy "
                             f"model.safetensors and config.json of {name} into a folder and pass "
@@ -217,10 +220,14 @@ def load_weights(model, path, tensors, data_start):
             t = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8)).view(dtype).reshape(shape)
             if name.endswith(CONV1D_WEIGHTS):
                 t = t.t()
-            if t.shape != params[name].shape:
+            target = params[name]
+            if name == "wte.weight":  # the padded rows past GPT-2's vocabulary are never read: zeros
+                target[t.shape[0]:].zero_()
+                target = target[:t.shape[0]]
+            if t.shape != target.shape:
                 raise UserError(f"{path}: {hf_name} has shape {tuple(t.shape)} but the config gives "
-                                f"{tuple(params[name].shape)}; use the config.json that came with the weights")
-            params[name].copy_(t)
+                                f"{tuple(target.shape)}; use the config.json that came with the weights")
+            target.copy_(t)
             filled.add(name)
     missing = sorted(set(params) - filled)
     if missing:
@@ -233,7 +240,11 @@ def load_pretrained(source, dropout=0.0):
     weights, config_path = resolve(source)
     tensors, data_start = read_header(weights)
     config = config_from_json(config_path, source) if config_path else config_from_shapes(tensors, weights)
-    with NoInit():  # load_weights fills every parameter, or refuses the file
+    # Built without its random init, which load_weights would overwrite (for gpt2-xl,
+    # a lot of random numbers): on the meta device, then given empty storage.
+    with torch.device("meta"):
         model = GPT(replace(config, dropout=dropout))
-    load_weights(model, weights, tensors, data_start)
+    model = model.to_empty(device="cpu")
+    model.lm_head.weight = model.wte.weight  # to_empty gave the tied pair two tensors: one again
+    load_weights(model, weights, tensors, data_start)  # fills every parameter, or refuses the file
     return model
