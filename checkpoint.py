@@ -258,34 +258,44 @@ def report_changes(cfg, model_cfg, state):
 
 
 def restore_optimizer(state, optimizer, scaler, path, optimizer_name):
+    """Load the saved optimizer (and gradient scaler) state into this run's optimizer."""
     saved_name = state.get("train_config", {}).get("optimizer", "adamw")
     if saved_name != optimizer_name:
         raise UserError(f"{path} was trained with optimizer={saved_name!r}, and its state cannot serve "
                         f"{optimizer_name!r}; resume with --optimizer={saved_name}")
-    # Saved groups carry the kernel flags of the optimizer that saved them. The kernel must
-    # stay the one this optimizer was built with: fused AdamW takes GradScaler's scale
-    # inside its step, and a group flagged unfused would make scaler.step fail.
-    kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
+    # Saved groups carry settings of the run that saved them; these stay this run's: the
+    # kernel (fused AdamW takes GradScaler's scale inside its step, and a group flagged
+    # unfused would make scaler.step fail), and each group's share of the learning rate.
+    kept = [{k: group[k] for k in ("fused", "foreach", "lr_scale") if k in group} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])
+        for group, settings in zip(optimizer.param_groups, kept):
+            group.update(settings)
+            for p in group["params"]:
+                pad_rows(optimizer_state(optimizer, p), p)
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, RuntimeError) as e:
         raise UserError(f"the optimizer state in {path} does not fit the model ({e}); "
                         "it is damaged or was not written by train.py") from None
-    for group, kernel in zip(optimizer.param_groups, kernels):
-        group.update(kernel)
-        for p in group["params"]:
-            if any(torch.is_tensor(s) and s.dim() and s.shape != p.shape for s in optimizer_state(optimizer, p)):
-                raise UserError(f"{path} was written by an earlier version, whose embedding had one row per "
-                                "token; its weights still load for sampling, but training cannot resume from "
-                                "it: start a new out_dir")
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
 
 
 def optimizer_state(optimizer, p):
-    """The state tensors an optimizer (or a set of them) keeps for parameter p."""
-    optimizers = getattr(optimizer, "optimizers", {"": optimizer}).values()
-    return [s for opt in optimizers for s in opt.state.get(p, {}).values()]
+    """The state dict an optimizer (or one of a set) keeps for parameter p."""
+    for opt in getattr(optimizer, "optimizers", {"": optimizer}).values():
+        if p in opt.state:
+            return opt.state[p]
+    return {}
+
+
+def pad_rows(state, p):
+    """Zero rows added to state tensors shorter than p: the moments of an embedding saved before
+    vocabularies were padded. Padded rows never get a gradient, so zero is what they would hold."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.dim() == p.dim() and value.shape != p.shape:
+            if value.shape[1:] != p.shape[1:] or value.shape[0] > p.shape[0]:
+                raise ValueError(f"state {key!r} of shape {tuple(value.shape)} for a parameter of {tuple(p.shape)}")
+            state[key] = torch.cat([value, value.new_zeros(p.shape[0] - value.shape[0], *p.shape[1:])])
 
 
 def rank_rng(state, rank, world_size):

@@ -1,6 +1,7 @@
 """What every script shares: one-line errors, the device and its precision, processes under torchrun, and MFU."""
 import contextlib
 import datetime
+import importlib.util
 import os
 import sys
 import time
@@ -102,6 +103,13 @@ def pick_dtype(name, device):
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
+def can_compile(device):
+    """Whether torch.compile's default backend can build kernels for this device: a CUDA GPU of
+    compute capability 7.0 or later, with Triton installed (not the case on Windows, P100, K80)."""
+    return (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
+            and importlib.util.find_spec("triton") is not None)
+
+
 def autocast(device, dtype):
     """Mixed precision for the forward pass; a no-op in fp32."""
     if dtype == torch.float32:
@@ -196,20 +204,20 @@ def lost_peer(error):
 
 
 def process_device(device, local_rank):
-    """The GPU a torchrun process takes: its LOCAL_RANK's, or the one GPU it sees.
+    """The GPU a torchrun process takes: its LOCAL_RANK's, or the one GPU a launcher showed it.
 
     Launchers such as Slurm or Kubernetes often show each process a single GPU
-    (CUDA_VISIBLE_DEVICES), so LOCAL_RANK 3 may own what it sees as cuda:0.
+    through CUDA_VISIBLE_DEVICES, so LOCAL_RANK 3 may own what it sees as cuda:0.
     """
     if device.type != "cuda":
         return device
     visible = torch.cuda.device_count()
-    if visible == 1:
+    if local_rank < visible:
+        return torch.device("cuda", local_rank)
+    if visible == 1 and os.environ.get("CUDA_VISIBLE_DEVICES"):
         return torch.device("cuda", 0)
-    if local_rank >= visible:
-        raise UserError(f"local rank {local_rank} has no GPU of its own ({visible} visible); use "
-                        "--nproc_per_node at most the number of GPUs, or show each process one GPU")
-    return torch.device("cuda", local_rank)
+    raise UserError(f"local rank {local_rank} has no GPU of its own ({visible} visible); use "
+                    "--nproc_per_node at most the number of GPUs, or show each process one GPU")
 
 
 def setup_distributed(cfg):
@@ -222,7 +230,7 @@ def setup_distributed(cfg):
         return Distributed()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cfg.gradient_accumulation_steps % world != 0:
+    if not cfg.eval_only and cfg.gradient_accumulation_steps % world != 0:
         raise UserError(f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} must be a multiple of "
                         f"the number of processes ({world}); each process does an equal share of the micro-steps")
     device = process_device(pick_device(cfg.device), local_rank)

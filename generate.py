@@ -96,15 +96,15 @@ def prefill(model, tokens, cache):
 
 
 @contextlib.contextmanager
-def onednn(enabled):
-    """Within it, PyTorch's CPU ops use oneDNN only if enabled (a process-wide switch, restored after).
+def without_onednn():
+    """Within it, PyTorch's CPU ops do not use oneDNN (a process-wide switch, restored after).
 
     One sample's token is one-row products: oneDNN runs a one-row bf16 product on
     one core, and each of its calls has a fixed cost larger than a one-token op's
     work; PyTorch's own kernels use every core (docs/speed.md has the figures).
     """
     was = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
+    torch.backends.mkldnn.enabled = False
     try:
         yield
     finally:
@@ -120,7 +120,7 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     without it, on the whole window again. Both see exactly the same context.
     """
     tokens = idx
-    onednn_steps = idx.device.type != "cpu" or idx.size(0) > 1  # one-row CPU steps go without it (see onednn)
+    one_row_on_cpu = idx.device.type == "cpu" and idx.size(0) == 1  # steps without oneDNN (see without_onednn)
     start = window_start(model, 0, tokens.size(1))
     cache = model.new_cache(idx.size(0)) if use_cache else None
     logits = prefill(model, tokens[:, start:], cache)
@@ -132,7 +132,7 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
         tokens = torch.cat((tokens, next_token.clamp(min=0)), dim=1)
         new_start = window_start(model, start, tokens.size(1))
         if cache is not None and new_start == start:
-            with onednn(enabled=onednn_steps):
+            with without_onednn() if one_row_on_cpu else contextlib.nullcontext():
                 logits = model(next_token.clamp(min=0), cache=cache)[0][:, -1]
         else:  # no cache, or absolute positions shifted: encode the kept window again
             if cache is not None:

@@ -54,7 +54,9 @@ class Muon(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                momentum = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                momentum = self.state[p]["momentum_buffer"]
                 momentum.lerp_(p.grad, 1 - group["momentum"])  # m = beta m + (1 - beta) g
                 update = p.grad.lerp(momentum, group["momentum"]) if group["nesterov"] else momentum
                 update = orthogonalize(update, group["ns_steps"], self.ns_dtype)

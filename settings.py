@@ -11,7 +11,7 @@ import operator
 import os
 from dataclasses import dataclass, fields
 
-from common import UserError
+from common import UserError, can_compile
 from model import GPTConfig
 
 
@@ -65,13 +65,15 @@ class TrainConfig:
         if self.optimizer not in ("adamw", "muon"):
             raise ValueError(f"optimizer must be 'adamw' or 'muon', not {self.optimizer!r}")
         self.compile = str(self.compile).lower()  # a config file may say compile = True
+        self.compile = {"1": "true", "yes": "true", "0": "false", "no": "false"}.get(self.compile, self.compile)
         if self.compile not in ("auto", "true", "false"):
             raise ValueError(f"compile must be auto, true or false, not {self.compile!r}")
 
     def compiles(self, device):
-        """Whether to torch.compile on this device: on CUDA by default, where fusing kernels pays
-        for the compilation in minutes; on CPUs and Macs only when asked."""
-        return self.compile == "true" or (self.compile == "auto" and device.type == "cuda")
+        """Whether to torch.compile on this device: by default on CUDA GPUs that its compiler
+        (Triton) supports, where fusing kernels pays for the compilation in minutes; on CPUs,
+        Macs and older GPUs only when asked."""
+        return self.compile == "true" or (self.compile == "auto" and can_compile(device))
 
 
 # Model settings live in GPTConfig alone; vocab_size comes from the dataset.

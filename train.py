@@ -73,7 +73,7 @@ class Batches:
         T = self.block_size
         starts = torch.randint(len(self.data) - T, (self.batch_size,), generator=self.generator).numpy()
         windows = torch.from_numpy(np.stack([self.data[i:i + T + 1] for i in starts]).astype(np.int64))
-        x, y = windows[:, :-1], windows[:, 1:]  # (B, T) each: y is x shifted by one
+        x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each: y is x shifted by one
         if self.device.type == "cuda":  # pinned memory lets the copy overlap with compute
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
@@ -199,7 +199,7 @@ def compiled_for_training(model, ddp, compile_model):
 @dataclass
 class Progress:
     """Where training stands: all that carries on across a resume, besides weights and generators."""
-    step: int = 0
+    start_step: int = 0  # the iteration training starts from
     best_val_loss: float = float("inf")
     tokens: int = 0
     elapsed_before: float = 0.0  # seconds trained before this process started, summed over resumes
@@ -251,7 +251,7 @@ class Report:
         self.log = MetricsLog(cfg.out_dir, wandb)
         self.plot = TrainingPlot(cfg.out_dir, self.log.path)
         if resumed:
-            self.log.write("resume", iter=progress.step, tokens=progress.tokens, elapsed=progress.elapsed_before)
+            self.log.write("resume", iter=progress.start_step, tokens=progress.tokens, elapsed=progress.elapsed_before)
 
     def elapsed(self):
         """Seconds of training since iteration 0, summed over resumes."""
@@ -329,7 +329,7 @@ def train(cfg, model_cfg):
     del state
     step_model = compiled_for_training(model, ddp, cfg.compiles(device))
     report = Report(cfg, model_cfg, meta, model.num_params(), device, dtype, ddp, progress, resumed)
-    last = LastCheckpoint(os.path.join(cfg.out_dir, LAST), progress.step if resumed else None)
+    last = LastCheckpoint(os.path.join(cfg.out_dir, LAST), progress.start_step if resumed else None)
     pending, losses = [], {}  # pending: (step, loss tensor) not yet read, since reading waits for the device
 
     def check_losses():
@@ -344,12 +344,12 @@ def train(cfg, model_cfg):
         for name, gen in gens.items():
             gen.set_state(saved_rng[name].cpu())
 
-    for step in range(progress.step, cfg.max_iters + 1):
+    for step in range(progress.start_step, cfg.max_iters + 1):
         last_step = step == cfg.max_iters
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]  # Muon's groups: their own rate, the same schedule
-        just_resumed = resumed and step == progress.step  # its evaluation and save came before the stop
+        just_resumed = resumed and step == progress.start_step  # its evaluation and save came before the stop
         t_pause = time.perf_counter()
         evaluating = not just_resumed and (step % cfg.eval_interval == 0 or last_step)
         if evaluating:
@@ -365,7 +365,8 @@ def train(cfg, model_cfg):
                     save_checkpoint({"model": model.state_dict(), "model_config": asdict(model_cfg),
                                      "tokenizer": tokenizer_meta, "iter_num": step,
                                      "best_val_loss": progress.best_val_loss}, os.path.join(cfg.out_dir, BEST))
-        if not just_resumed and (step % cfg.checkpoint_interval == 0 or last_step):
+        saving = not just_resumed and (step % cfg.checkpoint_interval == 0 or last_step)
+        if saving:
             rng = ddp.gather({"global": rng_state(device), **{name: g.get_state() for name, g in gens.items()}})
             if master:  # an evaluation has just shown these weights give finite losses, or the next step will
                 last.write({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -381,11 +382,13 @@ def train(cfg, model_cfg):
         loss = ddp.mean(optimizer_step(step_model, optimizer, micro, ctx, scaler, cfg.grad_clip, ddp.sync))
         progress.tokens += report.tokens_per_step
         pending.append((step, loss))
-        if last.pending:  # this step's loss came from the weights just written
+        # Losses are read (a wait for the device) at the same steps on every rank, since they are the
+        # same everywhere: if one is not finite, every rank stops at once.
+        if saving and not evaluating:  # this step's loss came from the weights last.pt holds
             check_losses()
             last.commit()
-        if master and ((step + 1) % cfg.log_interval == 0 or step + 1 == cfg.max_iters):
-            check_losses()  # the only wait for the device outside evaluation and saving
+        if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.max_iters:
+            check_losses()
         report.steps(step, losses.get(step), lr, progress.tokens)
 
     check_losses()

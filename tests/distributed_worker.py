@@ -40,7 +40,7 @@ def fresh_model_and_optimizer():
 
 
 def one_step(k, out_path):
-    ddp = common.setup_distributed(SimpleNamespace(gradient_accumulation_steps=2 * k, device="cpu"))
+    ddp = common.setup_distributed(SimpleNamespace(gradient_accumulation_steps=2 * k, device="cpu", eval_only=False))
     model, optimizer = fresh_model_and_optimizer()
     ddp_model = ddp.wrap(model)
     all_reduces = []

@@ -18,9 +18,10 @@ CUDA = torch.device("cuda")
 
 
 @pytest.mark.parametrize("visible, local_rank, expected", [(8, 3, 3), (1, 3, 0), (1, 0, 0), (4, 0, 0)])
-def test_a_process_takes_its_local_ranks_gpu_or_the_one_it_sees(monkeypatch, visible, local_rank, expected):
+def test_a_process_takes_its_local_ranks_gpu_or_the_one_it_was_shown(monkeypatch, visible, local_rank, expected):
     # Slurm and Kubernetes often show each process one GPU: LOCAL_RANK 3 then owns cuda:0.
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
     assert process_device(CUDA, local_rank) == torch.device("cuda", expected)
 
 
@@ -28,6 +29,10 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UserError, match="local rank 3 has no GPU of its own"):
         process_device(CUDA, 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU that every process sees
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(UserError, match="local rank 1 has no GPU of its own"):
+        process_device(CUDA, 1)
     assert process_device(torch.device("cpu"), 3) == torch.device("cpu")
 
 
@@ -55,10 +60,18 @@ def test_the_model_is_wrapped_in_ddp_before_it_is_compiled(monkeypatch):
     assert order == ["ddp", ("compile", ("wrapped", "model"))]
 
 
-def test_compile_is_on_by_default_on_cuda_only():
-    assert TrainConfig().compiles(CUDA) and not TrainConfig().compiles(torch.device("cpu"))
-    assert not TrainConfig(compile="false").compiles(CUDA) and TrainConfig(compile="true").compiles(torch.device("cpu"))
-    assert TrainConfig(compile=True).compile == "true"  # as a config file may write it
+@pytest.mark.parametrize("capability, triton, expected", [((8, 0), True, True), ((6, 0), True, False),
+                                                          ((9, 0), False, False)])
+def test_compile_is_on_by_default_on_gpus_its_compiler_serves(monkeypatch, capability, triton, expected):
+    import importlib.util
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: (object() if triton else None)
+                        if name == "triton" else real_find_spec(name))
+    assert TrainConfig().compiles(CUDA) is expected  # a P100 or no Triton: eager, not a failed first step
+    assert not TrainConfig().compiles(torch.device("cpu")) and not TrainConfig(compile="false").compiles(CUDA)
+    assert TrainConfig(compile="true").compiles(torch.device("cpu"))
+    assert TrainConfig(compile=True).compile == TrainConfig(compile="1").compile == "true"  # as users write it
 
 
 def test_cuda_runs_allow_tf32_and_deterministic_runs_ask_for_it():

@@ -166,7 +166,8 @@ def test_eval_only_shares_the_split_and_reports_once(workdir, monkeypatch, capsy
     train.main([*ARGS, "--out_dir=f", "--max_iters=2"])
     alone = train.main([*ARGS, "--out_dir=f", "--eval_only=true"])
     capsys.readouterr()
-    result = torchrun(workdir, os.path.join(ROOT, "train.py"), *ARGS, "--out_dir=f", "--eval_only=true", timeout=90)
+    result = torchrun(workdir, os.path.join(ROOT, "train.py"), *ARGS, "--out_dir=f", "--eval_only=true",
+                      "--gradient_accumulation_steps=1", timeout=90)  # evaluation has no micro-steps to share
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("val loss")]
     assert len(lines) == 1 and f"{alone['loss']:.4f}" in lines[0]  # every target once, over both processes

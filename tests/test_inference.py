@@ -80,7 +80,7 @@ def test_the_switch_comes_back_when_a_step_fails():
     model = tiny_model()  # learned positions stop at block_size 16
     cache = model.new_cache(1)
     with pytest.raises(ValueError, match="block_size"):
-        with generate.onednn(enabled=False):
+        with generate.without_onednn():
             model(torch.zeros(1, 17, dtype=torch.long), cache=cache)
     assert torch.backends.mkldnn.enabled
 

@@ -72,3 +72,37 @@ def test_interrupted_run_resumes_exactly(uninterrupted, workdir, monkeypatch):
     assert load_checkpoint(workdir / "c" / "last.pt")["iter_num"] == K
     run(workdir / "c", f"--max_iters={2 * K}", "--init_from=resume")
     assert_same_run(uninterrupted, workdir / "c")
+
+
+def test_changed_learning_rates_apply_on_resume(workdir, monkeypatch):
+    """Each optimizer's share of the schedule comes from the settings of the run that resumes."""
+    monkeypatch.chdir(workdir)
+    run(workdir / "m", f"--max_iters={K}", "--optimizer=muon", "--muon_learning_rate=0.02")
+    seen, real_step = [], train.optimizer_step
+    monkeypatch.setattr(train, "optimizer_step", lambda model, opt, *a, **k: seen.append(
+        sorted({g["lr_scale"] for g in opt.param_groups})) or real_step(model, opt, *a, **k))
+    run(workdir / "m", f"--max_iters={K + 1}", "--optimizer=muon", "--muon_learning_rate=0.006", "--init_from=resume")
+    assert seen == [[1.0, 2.0]]  # 0.006 / 3e-3, not the saved 0.02 / 3e-3
+
+
+def test_a_last_pt_of_the_previous_version_resumes(uninterrupted, workdir, monkeypatch):
+    """Written before vocabularies were padded: embedding rows and their AdamW moments for
+    vocab_size tokens only, and no lr_scale in the optimizer's groups."""
+    run(workdir / "old", f"--max_iters={K}")
+    state = load_checkpoint(workdir / "old" / "last.pt")
+    vocab = state["model_config"]["vocab_size"]
+    rows = state["model"]["wte.weight"].shape[0]
+    assert rows > vocab  # padded now
+    for key in ("wte.weight", "lm_head.weight"):
+        state["model"][key] = state["model"][key][:vocab].clone()
+    for moments in state["optimizer"]["state"].values():
+        for name, value in moments.items():
+            if value.dim() == 2 and value.shape[0] == rows:
+                moments[name] = value[:vocab].clone()
+    for group in state["optimizer"]["param_groups"]:
+        del group["lr_scale"]
+    torch.save(state, workdir / "old" / "last.pt")
+    run(workdir / "old", f"--max_iters={2 * K}", "--init_from=resume")
+    assert records(workdir / "old", "train") == records(uninterrupted, "train")  # loss for loss
+    a, b = load_checkpoint(workdir / "old" / "last.pt")["model"], load_checkpoint(uninterrupted / "last.pt")["model"]
+    assert torch.equal(a["wte.weight"][:vocab], b["wte.weight"][:vocab]) and not a["wte.weight"][vocab:].any()
