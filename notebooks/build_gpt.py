@@ -314,8 +314,8 @@ for encoding in ("learned", "sinusoidal", "rope"):
 # through a deep stack; LayerNorm (here before each sublayer, as in GPT-2) normalizes each token's features.
 
 # %%
+mlp = MLP(GPTConfig(n_embd=C, n_head=n_head))
 block = Block(GPTConfig(n_embd=C, n_head=n_head, block_size=T)).eval()
-mlp = block.mlp
 
 
 def layer_norm(x, ln):
