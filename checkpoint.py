@@ -19,6 +19,7 @@ import torch
 
 from common import UserError
 from model import GPTConfig, build_model
+from prepare import load_tokenizer
 
 BEST = "ckpt.pt"
 LAST = "last.pt"
@@ -174,7 +175,6 @@ def model_from(state, path, config=None):
 
 def load_model(path):
     """(model on the CPU in eval mode, tokenizer, checkpoint dict) from a checkpoint file or out_dir."""
-    from tokenizer import load_tokenizer
     path = resolve_checkpoint(path)
     state = load_checkpoint(path)
     return model_from(state, path).eval(), load_tokenizer(state["tokenizer"]), state

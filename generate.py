@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from checkpoint import load_model
 from common import UserError, pick_device, pick_dtype
 from gpt2 import is_gpt2_source, load_pretrained
-from tokenizer import GPT2Tokenizer
+from prepare import GPT2Tokenizer
 
 NOT_FINITE = ("the model's logits are not finite (NaN or inf): a diverged checkpoint, an fp16 overflow, "
               "or a temperature so small that logits / temperature overflow; --temperature 0 is greedy")

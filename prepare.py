@@ -1,31 +1,149 @@
-"""Turn a text file into token files for training.
+"""The data: tokenizers, and text turned into token files for training.
 
     python prepare.py                                  # download Tiny Shakespeare, characters
     python prepare.py --input my.txt --name mytext     # any text file -> data/mytext/
     python prepare.py --tokenizer gpt2                 # GPT-2 BPE -> data/shakespeare/
+    python prepare.py --input 'web/*.jsonl' --name web # a corpus -> data/web/ shards
+    python prepare.py --hf_dataset HuggingFaceFW/fineweb-edu --hf_config sample-10BT --name fineweb_edu10B
 
-Writes data/NAME/train.bin and val.bin (the first 90% and last 10% of the tokens,
-uint16, or uint32 when the vocabulary needs it) and meta.json (the tokenizer, the
-token counts, and val_bytes: the UTF-8 bytes of the val split, for bits per byte).
-Reads and encodes in chunks, so a file of any size fits in bounded memory.
+One text file gives data/NAME/train.bin and val.bin, the first 90% and last 10%
+of its tokens (uint16, or uint32 when the vocabulary needs it), and meta.json:
+the tokenizer, the token counts, and val_bytes (the val split's UTF-8 bytes, for
+bits per byte). A corpus (a folder or glob of .txt, .jsonl and .parquet files, or
+a Hugging Face dataset) gives GPT-2 BPE shards of a fixed number of tokens, each
+document after GPT-2's <|endoftext|>, tokenized by worker processes: val_000000.bin,
+then train_000001.bin and on, listed in meta.json. Either way memory stays bounded
+whatever the size of the input.
 """
 import argparse
+import glob
+import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import time
 import urllib.request
+from collections import deque
 
 import numpy as np
 
 from common import UserError, run_main
-from tokenizer import make_tokenizer
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CHUNK_CHARS = 8 * 1024 * 1024  # characters read and encoded at a time
 VAL_FRACTION = 0.1
 
+
+# --------------------------------------------------------------------------- tokenizers
+
+# Where tiktoken downloads GPT-2's BPE files from (tiktoken_ext/openai_public.py). Before
+# downloading, it looks for TIKTOKEN_CACHE_DIR/<sha1 hex of the URL>, so copies placed
+# there under those names work with no internet (tiktoken checks their sha256).
+GPT2_BPE_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+
+
+def tiktoken_cache_names():
+    """{file name: the name tiktoken's cache gives it}, e.g. 'vocab.bpe': '6d1cbeee...'."""
+    return {name: hashlib.sha1(url.encode()).hexdigest() for name, url in GPT2_BPE_URLS.items()}
+
+
+class CharTokenizer:
+    """One token per character of a fixed vocabulary (the sorted characters of the training text)."""
+    kind = "char"
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+        self.vocab_size = len(self.chars)
+
+    @classmethod
+    def from_text(cls, text):
+        return cls(sorted(set(text)))
+
+    def encode(self, text):
+        unknown = sorted({ch for ch in text if ch not in self.stoi})
+        if unknown:
+            shown = ", ".join(repr(ch) for ch in unknown[:10])
+            raise UserError(f"text has characters not in the vocabulary: {shown}; use only characters from the training text")
+        return [self.stoi[ch] for ch in text]
+
+    def encode_array(self, text, dtype):
+        """encode() for long texts: a vectorised lookup of code points, as a numpy array."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.array([ord(ch) for ch in self.chars], dtype=np.uint32)  # sorted, as the vocabulary is
+        ids = np.searchsorted(table, codes)
+        found = table[np.minimum(ids, len(table) - 1)] == codes
+        if not found.all():
+            self.encode(text)  # raises with the unknown characters named
+        return ids.astype(dtype)
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+    def decode_bytes(self, ids):
+        return self.decode(ids).encode("utf-8")
+
+    def to_meta(self):
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "chars": self.chars}
+
+
+class GPT2Tokenizer:
+    """GPT-2's 50,257-token byte-pair encoding, from tiktoken."""
+    kind = "gpt2"
+
+    def __init__(self):
+        import tiktoken
+        try:
+            self.enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # offline, tiktoken raises whatever its HTTP client raises
+            names = tiktoken_cache_names()
+            raise UserError(
+                f"could not load the GPT-2 BPE files ({type(e).__name__}); tiktoken downloads them on first use. "
+                f"Offline, set TIKTOKEN_CACHE_DIR to a folder holding vocab.bpe renamed {names['vocab.bpe']} "
+                f"and encoder.json renamed {names['encoder.json']} (README: 'GPT-2 BPE offline')") from None
+        self.eot_token = self.enc.eot_token
+        self.vocab_size = self.enc.n_vocab
+
+    def encode(self, text):
+        return self.enc.encode_ordinary(text)
+
+    def encode_array(self, text, dtype):
+        return np.array(self.encode(text), dtype=dtype)
+
+    def decode(self, ids):
+        return self.enc.decode(list(ids), errors="replace")
+
+    def decode_bytes(self, ids):
+        return self.enc.decode_bytes(list(ids))
+
+    def to_meta(self):
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size}
+
+
+def load_tokenizer(meta):
+    """The tokenizer a meta dict (from meta.json or a checkpoint) describes."""
+    kind = meta.get("tokenizer")
+    if kind == "char":
+        return CharTokenizer(meta["chars"])
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    raise UserError(f"unknown tokenizer kind {kind!r} in the dataset or checkpoint metadata")
+
+
+def make_tokenizer(kind, text_sample=None):
+    if kind == "char":
+        return CharTokenizer.from_text(text_sample)
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    raise UserError(f"unknown tokenizer {kind!r}; use 'char' or 'gpt2'")
+
+
+# --------------------------------------------------------------------------- one text file
 
 def download(url, path):
     """Fetch url to path, via a temporary file so a failed download leaves nothing behind."""
@@ -176,16 +294,365 @@ def prepare(input_path, name, tokenizer_kind, data_root="data"):
     return meta
 
 
+# --------------------------------------------------------------------------- a corpus, in shards
+
+CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
+TASK_CHARS = 1 << 20  # characters a worker tokenizes at a time: enough to keep IPC a small share
+
+
+def is_corpus(spec):
+    """Whether --input names a corpus (a folder, a glob, a .jsonl or .parquet file) rather than one text file."""
+    return os.path.isdir(spec) or glob.has_magic(spec) or spec.endswith((".jsonl", ".parquet"))
+
+
+def corpus_files(spec):
+    """The .txt, .jsonl and .parquet files a folder (searched recursively), a glob or a file names, sorted."""
+    if os.path.isdir(spec):
+        paths = [os.path.join(root, f) for root, _, names in os.walk(spec) for f in names]
+    else:
+        paths = glob.glob(spec, recursive=True)
+    files = sorted(p for p in paths if p.endswith(CORPUS_SUFFIXES) and os.path.isfile(p))
+    if not files:
+        raise UserError(f"no .txt, .jsonl or .parquet files in {spec}; give a folder, a glob or a file")
+    return files
+
+
+def split_text(text, size=TASK_CHARS):
+    """text in pieces of about size characters, each ending at a newline (or a space) where it can."""
+    while len(text) > size:
+        cut = text.rfind("\n", 0, size) + 1 or text.rfind(" ", 0, size) + 1 or size
+        yield text[:cut]
+        text = text[cut:]
+    yield text
+
+
+def needs(module, extra="data"):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise UserError(f"this corpus needs {module}: pip install -e '.[{extra}]'") from None
+
+
+class Corpus:
+    """The documents of a corpus as text pieces, in a fixed order: (starts a document, text, input bytes).
+
+    A file or document that cannot be read (not UTF-8, not JSON, no text field) is
+    reported by name and skipped, or stops the run, as `on_error` says.
+    """
+
+    def __init__(self, spec=None, hf_dataset=None, hf_config=None, hf_split="train", text_field="text",
+                 on_error="stop"):
+        self.hf = (hf_dataset, hf_config, hf_split) if hf_dataset else None
+        self.files = [] if self.hf else corpus_files(spec)
+        self.text_field, self.on_error = text_field, on_error
+        self.total_bytes = sum(os.path.getsize(f) for f in self.files) or None  # unknown for a hub dataset
+        self.skipped = 0
+
+    def fingerprint(self):
+        """What the corpus is, so that a rerun knows whether finished shards still hold its tokens."""
+        if self.hf:
+            return {"hf_dataset": list(self.hf), "text_field": self.text_field}
+        files = [[f, os.path.getsize(f), int(os.path.getmtime(f))] for f in self.files]
+        return {"files": files, "text_field": self.text_field, "on_error": self.on_error}
+
+    def problem(self, where, why):
+        if self.on_error == "stop":
+            raise UserError(f"{where}: {why}; fix or remove it, or pass --on_error=skip to leave it out")
+        print(f"\nskipped {where}: {why}", file=sys.stderr)
+        self.skipped += 1
+
+    def pieces(self):
+        if self.hf:
+            yield from self.hub_pieces()
+            return
+        for path in self.files:
+            try:
+                if path.endswith(".txt"):
+                    yield from self.txt_pieces(path)
+                elif path.endswith(".jsonl"):
+                    yield from self.jsonl_pieces(path)
+                else:
+                    yield from self.parquet_pieces(path)
+            except OSError as e:
+                self.problem(path, f"cannot be read ({e.strerror or e})")
+
+    def document(self, text, input_bytes):
+        for i, piece in enumerate(split_text(text)):
+            yield i == 0, piece, input_bytes if i == 0 else 0
+
+    def txt_pieces(self, path):
+        try:  # read through once first, so that a file that is not UTF-8 is left out whole
+            with open(path, encoding="utf-8") as f:
+                while f.read(CHUNK_CHARS):
+                    pass
+        except UnicodeDecodeError as e:
+            self.problem(path, f"not valid UTF-8 ({e.reason})")
+            return
+        for i, chunk in enumerate(read_chunks(path)):  # one document: the whole file
+            yield i == 0, chunk, len(chunk.encode("utf-8"))
+
+    def jsonl_pieces(self, path):
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line.decode("utf-8"))[self.text_field]
+                    if not isinstance(text, str):
+                        raise TypeError
+                except UnicodeDecodeError:
+                    self.problem(f"{path}:{number}", "not valid UTF-8")
+                    continue
+                except ValueError:
+                    self.problem(f"{path}:{number}", "not a line of JSON")
+                    continue
+                except (KeyError, TypeError):
+                    self.problem(f"{path}:{number}", f"no text in a field {self.text_field!r} (--text_field names it)")
+                    continue
+                yield from self.document(text, len(line))
+
+    def parquet_pieces(self, path):
+        parquet = needs("pyarrow.parquet").parquet
+        try:
+            table = parquet.ParquetFile(path)
+            per_row = os.path.getsize(path) / max(table.metadata.num_rows, 1)
+            for batch in table.iter_batches(columns=[self.text_field], batch_size=1024):
+                for text in batch.column(0).to_pylist():
+                    if isinstance(text, str):
+                        yield from self.document(text, per_row)
+        except (KeyError, ValueError) as e:  # pyarrow's errors for a missing column or a damaged file
+            self.problem(path, f"no readable text column {self.text_field!r} ({str(e).splitlines()[0][:100]})")
+
+    def hub_pieces(self):
+        datasets = needs("datasets")
+        name, config, split = self.hf
+        try:
+            stream = datasets.load_dataset(name, config, split=split, streaming=True)
+        except Exception as e:  # offline, a wrong name: whatever the hub client raises
+            raise UserError(f"cannot open the dataset {name} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                            "offline, give local files with --input") from None
+        for number, row in enumerate(stream):
+            text = row.get(self.text_field)
+            if not isinstance(text, str):
+                self.problem(f"{name} row {number}", f"no text in a field {self.text_field!r}")
+                continue
+            yield from self.document(text, len(text.encode("utf-8")))
+
+    def tasks(self):
+        """Lists of pieces of about TASK_CHARS characters: a worker's unit of work, in a fixed order."""
+        task, chars = [], 0
+        for piece in self.pieces():
+            task.append(piece)
+            chars += len(piece[1])
+            if chars >= TASK_CHARS:
+                yield task
+                task, chars = [], 0
+        if task:
+            yield task
+
+
+_encoder = None  # each worker process's own tiktoken encoding
+
+
+def tokenize_task(task):
+    """A task's tokens, each document's after <|endoftext|>, as uint16; and the input bytes it covered."""
+    global _encoder
+    if _encoder is None:
+        _encoder = GPT2Tokenizer().enc
+    tokens = []
+    for starts, text, _ in task:  # one call a piece: tiktoken's batch call ran at 10 MB/s on one thread, this at 15
+        if starts:
+            tokens.append(_encoder.eot_token)
+        tokens.extend(_encoder.encode_ordinary(text))
+    return np.array(tokens, dtype=np.uint16), sum(n for _, _, n in task)
+
+
+def tokenized(tasks, workers):
+    """tokenize_task over tasks, in order, on `workers` processes, with at most two tasks a worker in flight."""
+    if workers == 1:
+        yield from map(tokenize_task, tasks)
+        return
+    with multiprocessing.Pool(workers) as pool:
+        in_flight = deque()
+        for task in tasks:
+            in_flight.append(pool.apply_async(tokenize_task, (task,)))
+            if len(in_flight) >= 2 * workers:  # bounded: the corpus is never read far ahead
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
+
+
+class Shards:
+    """Fills shards of a fixed number of tokens in order (val_000000.bin, then train_000001.bin, ...),
+    each written to a temporary file and renamed, and records in progress.json where the next one starts."""
+
+    def __init__(self, folder, val_tokens, shard_tokens, settings):
+        self.folder, self.val_tokens, self.shard_tokens = folder, val_tokens, shard_tokens
+        self.progress_path = os.path.join(folder, "progress.json")
+        self.settings = settings
+        self.done = self.finished_shards()
+        self.buffer = np.empty(max(val_tokens, shard_tokens), dtype=np.uint16)
+        self.filled = 0
+
+    def finished_shards(self):
+        """The shards a stopped run of the same settings finished, or [] (and old shards removed)."""
+        try:
+            with open(self.progress_path) as f:
+                saved = json.load(f)
+            if saved["settings"] == self.settings and all(
+                    os.path.getsize(os.path.join(self.folder, s["file"])) == 2 * s["tokens"] for s in saved["done"]):
+                return saved["done"]
+        except (OSError, ValueError, KeyError):
+            pass
+        for old in glob.glob(os.path.join(self.folder, "*_[0-9][0-9][0-9][0-9][0-9][0-9].bin")):
+            os.remove(old)
+        return []
+
+    def resume_point(self):
+        """(task, token offset within it) where the next shard starts; (0, 0) for a fresh start."""
+        return tuple(self.done[-1]["next"]) if self.done else (0, 0)
+
+    def add(self, tokens, task, offset=0):
+        """Append a task's tokens from `offset` on; full shards are written as they fill."""
+        position = 0
+        while position < len(tokens):
+            target = self.val_tokens if not self.done else self.shard_tokens
+            take = min(target - self.filled, len(tokens) - position)
+            self.buffer[self.filled:self.filled + take] = tokens[position:position + take]
+            self.filled += take
+            position += take
+            if self.filled == target:
+                self.write(next_start=[task, offset + position])
+
+    def write(self, next_start):
+        index = len(self.done)
+        name = f"{'val' if index == 0 else 'train'}_{index:06d}.bin"
+        tmp = os.path.join(self.folder, name + ".tmp")
+        self.buffer[:self.filled].tofile(tmp)
+        os.replace(tmp, os.path.join(self.folder, name))
+        self.done.append({"file": name, "tokens": int(self.filled), "next": next_start})
+        self.filled = 0
+        self.save()
+
+    def finish(self):
+        """Write the last, shorter shard, and mark the corpus done (`next` None)."""
+        if self.filled:
+            self.write(next_start=None)
+        elif self.done:
+            self.done[-1]["next"] = None
+            self.save()
+
+    def save(self):
+        with open(self.progress_path + ".tmp", "w") as f:
+            json.dump({"settings": self.settings, "done": self.done}, f)
+        os.replace(self.progress_path + ".tmp", self.progress_path)
+
+
+def tokenize_corpus(corpus, shards, workers):
+    """Fill the shards with the corpus's tokens, from where finished shards end."""
+    start_task, start_offset = shards.resume_point()
+    progress = CorpusProgress(corpus.total_bytes, sum(s["tokens"] for s in shards.done))
+    tasks = corpus.tasks()
+    for _ in range(start_task):  # read past what finished shards hold, without tokenizing it
+        progress.advance(0, sum(n for _, _, n in next(tasks)), counted=False)
+    for index, (tokens, input_bytes) in enumerate(tokenized(tasks, workers), start_task):
+        offset = start_offset if index == start_task else 0
+        shards.add(tokens[offset:], index, offset)
+        progress.advance(len(tokens) - offset, input_bytes)
+    shards.finish()
+    progress.close()
+
+
+def prepare_corpus(corpus, name, data_root="data", workers=None, shard_tokens=100_000_000, val_tokens=10_000_000):
+    """Tokenize a corpus into GPT-2 BPE shards in data_root/name; a rerun continues from finished shards."""
+    folder = os.path.join(data_root, name)
+    os.makedirs(folder, exist_ok=True)
+    workers = workers or os.cpu_count()
+    tokenizer = GPT2Tokenizer()  # fails here, with its one line, if the BPE files cannot be had
+    settings = dict(corpus.fingerprint(), shard_tokens=shard_tokens, val_tokens=val_tokens, task_chars=TASK_CHARS)
+    shards = Shards(folder, val_tokens, shard_tokens, settings)
+    if shards.done and shards.done[-1]["next"] is None:
+        print(f"{folder} holds every shard of this corpus already")
+    else:
+        if shards.done:
+            print(f"continuing after {len(shards.done)} finished shards, up to {shards.done[-1]['file']}")
+        tokenize_corpus(corpus, shards, workers)
+    if len(shards.done) < 2:
+        raise UserError(f"the corpus gave {sum(s['tokens'] for s in shards.done):,} tokens, too few for a val shard "
+                        f"of {val_tokens:,} and any training; use a larger corpus or a smaller --val_tokens")
+    val, *train = [{"file": s["file"], "tokens": s["tokens"]} for s in shards.done]
+    meta = dict(tokenizer.to_meta(), dtype="uint16", shards={"val": [val], "train": train},
+                train_tokens=sum(s["tokens"] for s in train), val_tokens=val["tokens"],
+                val_bytes=count_bytes(os.path.join(folder, val["file"]), np.uint16, tokenizer))
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    skipped = f"; {corpus.skipped} skipped" if corpus.skipped else ""
+    print(f"wrote {folder}: {len(train)} train shards ({meta['train_tokens']:,} tokens), val "
+          f"({meta['val_tokens']:,} tokens), meta.json{skipped}")
+    return meta
+
+
+class CorpusProgress:
+    """A one-line progress bar on stderr: input read, MB/s, tokens, and the time left where the size is known."""
+
+    def __init__(self, total_bytes, tokens):
+        self.total, self.tokens, self.done, self.counted = total_bytes, tokens, 0, 0
+        self.t0 = self.last = time.time()
+
+    def advance(self, tokens, input_bytes, counted=True):
+        self.tokens += tokens
+        self.done += input_bytes
+        self.counted += input_bytes if counted else 0  # read past on a rerun: not part of the rate
+        now = time.time()
+        if now - self.last < 0.5:
+            return
+        self.last = now
+        rate = self.counted / max(now - self.t0, 1e-9)
+        where = f"{self.done / 1e6:,.0f} MB"
+        if self.total:
+            left = max(self.total - self.done, 0) / max(rate, 1)
+            where = f"{100 * min(self.done / self.total, 1):5.1f}% of {self.total / 1e6:,.0f} MB, eta {left:,.0f}s"
+        print(f"\rtokenizing: {where}, {rate / 1e6:.1f} MB/s, {self.tokens:,} tokens   ", end="", file=sys.stderr,
+              flush=True)
+
+    def close(self):
+        elapsed = time.time() - self.t0
+        print(f"\rtokenized {self.counted / 1e6:,.1f} MB in {elapsed:.1f}s ({self.counted / 1e6 / max(elapsed, 1e-9):.1f}"
+              f" MB/s), {self.tokens:,} tokens" + " " * 20, file=sys.stderr)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Tokenize a text file into data/NAME/{train,val}.bin and meta.json.")
-    p.add_argument("--input", help="a local UTF-8 text file (default: download Tiny Shakespeare)")
+    p = argparse.ArgumentParser(description="Tokenize a text file into data/NAME/{train,val}.bin, or a corpus "
+                                "into GPT-2 BPE shards, with meta.json.")
+    p.add_argument("--input", help="a UTF-8 text file (default: download Tiny Shakespeare), or a corpus: a folder, "
+                   "a glob, or .jsonl / .parquet files")
     p.add_argument("--name", help="dataset folder under data/ (default: shakespeare_char, or shakespeare for gpt2)")
-    p.add_argument("--tokenizer", choices=("char", "gpt2"), default="char",
-                   help="char: one token per character; gpt2: GPT-2 BPE via tiktoken")
+    p.add_argument("--tokenizer", choices=("char", "gpt2"), default=None,
+                   help="char: one token per character (one text file only); gpt2: GPT-2 BPE via tiktoken "
+                        "(default: char for a text file, gpt2 for a corpus)")
     p.add_argument("--data_root", default="data", help="where dataset folders live (default: data)")
+    corpus = p.add_argument_group("corpora")
+    corpus.add_argument("--hf_dataset", help="a Hugging Face dataset by name (or a local folder), streamed")
+    corpus.add_argument("--hf_config", help="its configuration, e.g. sample-10BT")
+    corpus.add_argument("--hf_split", default="train")
+    corpus.add_argument("--text_field", default="text", help="the field holding the text in .jsonl, .parquet, datasets")
+    corpus.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: every core)")
+    corpus.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per train shard")
+    corpus.add_argument("--val_tokens", type=int, default=10_000_000, help="tokens of the val shard, the first")
+    corpus.add_argument("--on_error", choices=("stop", "skip"), default="stop",
+                        help="a file or document that cannot be read: stop with one line, or report and skip it")
     args = p.parse_args(argv)
-    name = args.name or ("shakespeare_char" if args.tokenizer == "char" else "shakespeare")
-    prepare(args.input, name, args.tokenizer, args.data_root)
+    if args.hf_dataset or (args.input and is_corpus(args.input)):
+        if args.tokenizer == "char":
+            raise UserError("a corpus is tokenized with GPT-2 BPE (--tokenizer gpt2); characters need one text file")
+        if min(args.shard_tokens, args.val_tokens) < 1 or (args.workers is not None and args.workers < 1):
+            raise UserError("--shard_tokens, --val_tokens and --workers must be at least 1")
+        source = Corpus(args.input, args.hf_dataset, args.hf_config, args.hf_split, args.text_field, args.on_error)
+        prepare_corpus(source, args.name or "corpus", args.data_root, args.workers, args.shard_tokens, args.val_tokens)
+        return
+    tokenizer = args.tokenizer or "char"
+    prepare(args.input, args.name or ("shakespeare_char" if tokenizer == "char" else "shakespeare"), tokenizer,
+            args.data_root)
 
 
 if __name__ == "__main__":

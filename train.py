@@ -45,7 +45,8 @@ def get_lr(step, cfg):
 
 
 def load_dataset(cfg):
-    """The dataset's metadata and its two token splits, memory-mapped."""
+    """The dataset's metadata and its two token splits, each a list of memory-mapped files:
+    train.bin and val.bin for one text, the shards of a corpus."""
     folder = os.path.join(cfg.data_root, cfg.dataset)
     meta_path = os.path.join(folder, "meta.json")
     if not os.path.isfile(meta_path):
@@ -55,24 +56,36 @@ def load_dataset(cfg):
         meta = json.load(f)
     splits = {}
     for split in ("train", "val"):
-        path = os.path.join(folder, f"{split}.bin")
-        if not os.path.isfile(path):
-            raise UserError(f"{path} is missing; run python prepare.py again")
-        splits[split] = np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r")
+        files = [s["file"] for s in meta["shards"][split]] if "shards" in meta else [f"{split}.bin"]
+        splits[split] = []
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                raise UserError(f"{path} is missing; run python prepare.py again")
+            splits[split].append(np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r"))
     return meta, splits
 
 
 class Batches:
-    """Random windows of block_size + 1 tokens from one split: inputs and next-token targets."""
+    """Random windows of block_size + 1 tokens from one split: inputs and next-token targets.
+
+    A split is one token file or several shards (a list). A window may start anywhere
+    a whole window fits, each place as likely as any other, so shards are drawn from
+    in proportion to their size; no window crosses from one shard into the next.
+    """
 
     def __init__(self, data, block_size, batch_size, device, generator):
-        self.data, self.block_size, self.batch_size = data, block_size, batch_size
-        self.device, self.generator = device, generator
+        self.shards = data if isinstance(data, list) else [data]
+        self.block_size, self.batch_size, self.device, self.generator = block_size, batch_size, device, generator
+        self.first = np.cumsum([0] + [max(len(s) - block_size, 0) for s in self.shards])  # each shard's first start
 
     def sample(self):
         T = self.block_size
-        starts = torch.randint(len(self.data) - T, (self.batch_size,), generator=self.generator).numpy()
-        windows = torch.from_numpy(np.stack([self.data[i:i + T + 1] for i in starts]).astype(np.int64))
+        picks = torch.randint(int(self.first[-1]), (self.batch_size,), generator=self.generator).numpy()
+        shards = np.searchsorted(self.first, picks, side="right") - 1
+        starts = picks - self.first[shards]
+        windows = np.stack([self.shards[s][i:i + T + 1] for s, i in zip(shards, starts)])
+        windows = torch.from_numpy(windows.astype(np.int64))
         x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each: y is x shifted by one
         if self.device.type == "cuda":  # pinned memory lets the copy overlap with compute
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
@@ -101,31 +114,34 @@ def estimate_loss(model, batches, eval_iters, ctx, ddp):
 
 @torch.no_grad()
 def evaluate_split(model, data, block_size, batch_size, device, ctx, ddp=Distributed()):
-    """Mean loss over every next-token target of a split, each scored once: the same figure every time.
+    """Mean loss over every next-token target of a split (a token file or a list of shards), each
+    scored once: the same figure every time.
 
     Consecutive windows of block_size targets; the tail too short for a window is
-    scored in one last window ending at the split's end, counting only its new
+    scored in one last window ending at the shard's end, counting only its new
     targets. Under torchrun the windows are shared out among the processes.
     """
     model.eval()
-    T = block_size
-    n_targets = len(data) - 1
-    starts = list(range(0, n_targets - T + 1, T))
-    tail = n_targets - len(starts) * T
-    if tail:
-        starts.append(n_targets - T)
+    T, shards = block_size, data if isinstance(data, list) else [data]
+    windows = []  # (shard, first token, targets at its start that an earlier window scored)
+    for i, shard in enumerate(shards):
+        n_targets = len(shard) - 1
+        windows += [(i, s, 0) for s in range(0, n_targets - T + 1, T)]
+        if n_targets % T and n_targets >= T:
+            windows.append((i, n_targets - T, T - n_targets % T))
     total = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
-    mine = starts[ddp.rank::ddp.world_size]
+    mine = windows[ddp.rank::ddp.world_size]
     for first in range(0, len(mine), batch_size):
         rows = mine[first:first + batch_size]
-        windows = torch.from_numpy(np.stack([data[s:s + T + 1] for s in rows]).astype(np.int64)).to(device)
+        tokens = np.stack([shards[i][s:s + T + 1] for i, s, _ in rows]).astype(np.int64)
+        tokens = torch.from_numpy(tokens).to(device)
         with ctx:
-            logits, _ = model(windows[:, :-1])
-        losses = F.cross_entropy(logits.float().transpose(1, 2), windows[:, 1:], reduction="none")  # (B, T)
-        if tail and rows[-1] == starts[-1]:
-            losses[-1, :T - tail] = 0.0  # targets the previous window already scored
+            logits, _ = model(tokens[:, :-1])
+        losses = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (B, T)
+        for row, (_, _, seen) in enumerate(rows):
+            losses[row, :seen] = 0.0  # targets the previous window already scored
         total += losses.sum()
-    return (ddp.sum(total) / n_targets).item()
+    return (ddp.sum(total) / sum(len(s) - 1 for s in shards if len(s) > T)).item()
 
 
 def optimizer_step(model, optimizer, micro_batches, ctx, scaler, grad_clip, sync=None):
@@ -292,9 +308,9 @@ class Report:
 
 
 def check_splits(splits, block_size):
-    for split, data in splits.items():
-        if len(data) <= block_size + 1:
-            raise UserError(f"the {split} split has {len(data)} tokens, too few for block_size "
+    for split, shards in splits.items():
+        if max(len(s) for s in shards) <= block_size + 1:
+            raise UserError(f"the {split} split has {sum(len(s) for s in shards)} tokens, too few for block_size "
                             f"{block_size}; use a longer text or a smaller --block_size")
 
 
@@ -408,19 +424,27 @@ def stop(cfg, last, what, value, step):
 
 
 def run_eval_only(cfg, meta, splits, device, ctx, ddp):
-    """--eval_only: the whole val split, every target once, so the figure is repeatable."""
-    path = os.path.join(cfg.out_dir, BEST)
-    model, _, ckpt = load_model(path)
+    """--eval_only: the whole val split, every target once, so the figure is repeatable.
+
+    It scores out_dir/ckpt.pt, or GPT-2's weights as released when init_from names them.
+    """
+    if cfg.init_from in ("scratch", "resume"):
+        path = os.path.join(cfg.out_dir, BEST)
+        model, _, ckpt = load_model(path)
+    else:
+        from gpt2 import load_pretrained
+        path, model = cfg.init_from, load_pretrained(cfg.init_from).eval()
+        ckpt = {"tokenizer": {"tokenizer": "gpt2", "vocab_size": model.config.vocab_size}}
     check_vocabulary(ckpt, meta, cfg.dataset, path, "evaluate")
     block_size, val = model.config.block_size, splits["val"]
-    if len(val) <= block_size:
-        raise UserError(f"the val split of {cfg.dataset} has {len(val)} tokens, too few for the checkpoint's "
-                        f"block_size {block_size}; evaluate on a dataset with a longer val split")
+    if max(len(s) for s in val) <= block_size:
+        raise UserError(f"the val split of {cfg.dataset} has {sum(len(s) for s in val)} tokens, too few for the "
+                        f"checkpoint's block_size {block_size}; evaluate on a dataset with a longer val split")
     loss = evaluate_split(model.to(device), val, block_size, cfg.batch_size, device, ctx, ddp)
     figures = loss_figures(loss, meta["tokenizer"], meta["val_bytes"] / meta["val_tokens"]
                            if meta.get("val_bytes") else None)
     if ddp.rank == 0:
-        print(f"val loss {format_figures(figures)} over all {len(val) - 1:,} targets of {cfg.dataset} "
+        print(f"val loss {format_figures(figures)} over all {sum(len(s) - 1 for s in val):,} targets of {cfg.dataset} "
               f"({path}, iteration {ckpt.get('iter_num', '?')})")
     ddp.cleanup()
     return figures

@@ -60,8 +60,7 @@ print(text[:250])
 # train, the last 10% validate. `CharTokenizer` and `prepare.py` do the same.
 
 # %%
-from prepare import prepare
-from tokenizer import CharTokenizer
+from prepare import CharTokenizer, prepare
 
 chars = sorted(set(text))
 vocab_size = len(chars)

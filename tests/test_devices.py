@@ -148,7 +148,7 @@ def test_generation_scores_the_prompts_last_position_only():
 def test_weights_are_cast_before_they_move(tmp_path, monkeypatch):
     from dataclasses import asdict
     from checkpoint import save_checkpoint
-    from tokenizer import CharTokenizer
+    from prepare import CharTokenizer
     model = GPT(GPTConfig(vocab_size=3, n_layer=1, n_head=2, n_embd=16, block_size=8))
     save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config),
                      "tokenizer": CharTokenizer("abc").to_meta()}, str(tmp_path / "ckpt.pt"))

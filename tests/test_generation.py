@@ -103,7 +103,7 @@ def test_a_generator_stops_with_one_line_when_the_logits_are_not_finite():
     with torch.no_grad():
         model.ln_f.weight.fill_(float("nan"))
     from generate import Generator
-    from tokenizer import CharTokenizer
+    from prepare import CharTokenizer
     gen = Generator(model, CharTokenizer([chr(97 + i) for i in range(65)]), torch.device("cpu"))
     with pytest.raises(UserError, match="not finite"):
         gen("a", max_new_tokens=5)

@@ -1,13 +1,15 @@
 """GPT-2 BPE and GPT-2 weights through the command-line scripts, all offline."""
 import json
 
+import pytest
+
 import numpy as np
 import torch
 
 from checkpoint import load_checkpoint
 from conftest import TINY_MODEL, TINY_TEXT, run_script, save_tiny_hf_gpt2
 from test_scripts import assert_one_line_error
-from tokenizer import GPT2Tokenizer, tiktoken_cache_names
+from prepare import GPT2Tokenizer, tiktoken_cache_names
 
 
 def test_gpt2_bpe_prepares_trains_and_samples_offline(bpe_workdir):
@@ -82,3 +84,24 @@ def test_bad_init_from_gives_one_line_errors(bpe_workdir, tmp_path, monkeypatch)
     assert result.returncode == 1 and note.startswith("downloading https://huggingface.co/")
     assert error.startswith("error: could not download") and "--init_from=PATH/TO/FOLDER" in error
     assert not list((tmp_path / "cache").rglob("*.part*"))  # the failed download left nothing behind
+
+
+def test_eval_only_scores_gpt2_weights_as_released(bpe_workdir):
+    hf = save_tiny_hf_gpt2(bpe_workdir / "hf")
+    result = run_script("train.py", "--dataset=tiny_bpe", "--init_from=hf", "--eval_only=true", "--device=cpu",
+                        "--dtype=float32", "--batch_size=2", cwd=bpe_workdir)
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("val loss ") and "(hf, iteration ?)" in line
+    # the figure is the mean loss over every val target, each scored once, with Hugging Face's model too:
+    # consecutive windows of its 64 positions, and the tail's new targets in one last window
+    val = torch.from_numpy(np.fromfile(bpe_workdir / "data" / "tiny_bpe" / "val.bin", dtype=np.uint16).astype(np.int64))
+    n = len(val) - 1
+
+    def losses(start):
+        window = val[start:start + 65]
+        with torch.no_grad():
+            logp = hf(window[None, :-1]).logits[0].log_softmax(-1)
+        return -logp[range(64), window[1:]]
+
+    scored = [losses(s) for s in range(0, n - 63, 64)] + ([losses(n - 64)[64 - n % 64:]] if n % 64 else [])
+    assert float(line.split()[2]) == pytest.approx(torch.cat(scored).mean().item(), abs=1e-4)

@@ -10,7 +10,7 @@ from checkpoint import save_checkpoint
 from conftest import run_script
 from generate import generate_tokens, load
 from model import GPT, GPTConfig
-from tokenizer import CharTokenizer
+from prepare import CharTokenizer
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 

@@ -7,7 +7,7 @@ import torch
 from checkpoint import save_checkpoint
 from generate import Generator, load
 from model import GPT, GPTConfig
-from tokenizer import CharTokenizer
+from prepare import CharTokenizer
 from conftest import ROOT, TINY_TEXT
 
 

@@ -5,7 +5,7 @@ import pytest
 
 import prepare
 from common import UserError
-from tokenizer import CharTokenizer, load_tokenizer
+from prepare import CharTokenizer, load_tokenizer
 
 
 def test_split_sizes_and_round_trip(workdir):
