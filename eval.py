@@ -50,16 +50,19 @@ def hellaswag_file(path=None):
 def read_examples(path, limit=None):
     """[{'ctx': str, 'endings': [4 str], 'label': int}] from a HellaSwag .jsonl file."""
     examples = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if limit is not None and len(examples) >= limit:
                 break
+            if not line.strip():
+                continue
             try:
-                example = json.loads(line)
-                if len(example["endings"]) != 4 or example["label"] not in range(4):
+                example = json.loads(line.decode("utf-8"))
+                texts = [example["ctx"], *example["endings"]]
+                if len(texts) != 5 or not all(isinstance(t, str) for t in texts) or example["label"] not in range(4):
                     raise ValueError
                 examples.append({k: example[k] for k in ("ctx", "endings", "label")})
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
                 raise UserError(f"{path}:{number} is not a HellaSwag example (ctx, four endings, a label 0-3)") from None
     return examples
 
@@ -76,7 +79,7 @@ def ending_losses(model, tokenizer, example, device, ctx):
     scored = torch.zeros(4, T - 1)  # 1 where a prediction is of an ending's token
     for i, (row, ending) in enumerate(zip(rows, endings)):
         tokens[i, :len(row)] = torch.tensor(row)  # padded after the row: never scored
-        scored[i, len(row) - 1 - len(ending):len(row) - 1] = 1
+        scored[i, max(len(row) - 1 - len(ending), 0):len(row) - 1] = 1  # an ending longer than the context window: its tail
     tokens, scored = tokens.to(device), scored.to(device)
     with ctx:
         logits, _ = model(tokens[:, :-1])  # (4, T-1, V): position t predicts token t+1

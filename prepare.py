@@ -317,13 +317,21 @@ def corpus_files(spec):
     return files
 
 
-def split_text(text, size=TASK_CHARS):
-    """text in pieces of about size characters, each ending at a newline (or a space) where it can."""
-    while len(text) > size:
-        cut = text.rfind("\n", 0, size) + 1 or text.rfind(" ", 0, size) + 1 or size
-        yield text[:cut]
-        text = text[cut:]
-    yield text
+def split_text(text, size=None):
+    """text in pieces of at most about size characters (TASK_CHARS), tokenized as the whole would be.
+
+    A piece ends before a space that stands between two words: GPT-2's BPE starts a
+    token at such a space whatever follows, so the pieces' tokens are the text's.
+    """
+    size, start = size or TASK_CHARS, 0
+    while len(text) - start > size:
+        cut = text.rfind(" ", start + 1, start + size)
+        while cut > start and (text[cut - 1].isspace() or text[cut + 1].isspace()):
+            cut = text.rfind(" ", start + 1, cut)
+        cut = cut if cut > start else start + size  # no such space: a plain cut
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def needs(module, extra="data"):
@@ -341,8 +349,8 @@ class Corpus:
     """
 
     def __init__(self, spec=None, hf_dataset=None, hf_config=None, hf_split="train", text_field="text",
-                 on_error="stop"):
-        self.hf = (hf_dataset, hf_config, hf_split) if hf_dataset else None
+                 on_error="stop", hf_revision=None):
+        self.hf = (hf_dataset, hf_config, hf_split, hf_revision) if hf_dataset else None
         self.files = [] if self.hf else corpus_files(spec)
         self.text_field, self.on_error = text_field, on_error
         self.total_bytes = sum(os.path.getsize(f) for f in self.files) or None  # unknown for a hub dataset
@@ -350,10 +358,12 @@ class Corpus:
 
     def fingerprint(self):
         """What the corpus is, so that a rerun knows whether finished shards still hold its tokens."""
-        if self.hf:
-            return {"hf_dataset": list(self.hf), "text_field": self.text_field}
-        files = [[f, os.path.getsize(f), int(os.path.getmtime(f))] for f in self.files]
-        return {"files": files, "text_field": self.text_field, "on_error": self.on_error}
+        files = self.files
+        if self.hf and os.path.isdir(self.hf[0]):  # a local dataset: its files say whether it changed
+            files = sorted(os.path.join(root, f) for root, _, names in os.walk(self.hf[0]) for f in names)
+        stamp = [[os.path.abspath(f), os.path.getsize(f), int(os.path.getmtime(f))] for f in files]
+        return {"files": stamp, "hf_dataset": self.hf and [os.path.abspath(self.hf[0])
+                if os.path.isdir(self.hf[0]) else self.hf[0], *self.hf[1:]], "text_field": self.text_field}
 
     def problem(self, where, why):
         if self.on_error == "stop":
@@ -377,6 +387,8 @@ class Corpus:
                 self.problem(path, f"cannot be read ({e.strerror or e})")
 
     def document(self, text, input_bytes):
+        if not text:
+            return  # an empty document: not even its <|endoftext|>
         for i, piece in enumerate(split_text(text)):
             yield i == 0, piece, input_bytes if i == 0 else 0
 
@@ -388,8 +400,11 @@ class Corpus:
         except UnicodeDecodeError as e:
             self.problem(path, f"not valid UTF-8 ({e.reason})")
             return
-        for i, chunk in enumerate(read_chunks(path)):  # one document: the whole file
-            yield i == 0, chunk, len(chunk.encode("utf-8"))
+        first = True
+        for chunk in read_chunks(path):  # one document: the whole file, read in bounded chunks
+            for piece in split_text(chunk):
+                yield first, piece, len(piece.encode("utf-8"))
+                first = False
 
     def jsonl_pieces(self, path):
         with open(path, "rb") as f:
@@ -412,31 +427,42 @@ class Corpus:
                 yield from self.document(text, len(line))
 
     def parquet_pieces(self, path):
+        pyarrow = needs("pyarrow")
         parquet = needs("pyarrow.parquet").parquet
         try:
             table = parquet.ParquetFile(path)
-            per_row = os.path.getsize(path) / max(table.metadata.num_rows, 1)
-            for batch in table.iter_batches(columns=[self.text_field], batch_size=1024):
-                for text in batch.column(0).to_pylist():
-                    if isinstance(text, str):
-                        yield from self.document(text, per_row)
-        except (KeyError, ValueError) as e:  # pyarrow's errors for a missing column or a damaged file
-            self.problem(path, f"no readable text column {self.text_field!r} ({str(e).splitlines()[0][:100]})")
+        except pyarrow.ArrowException as e:
+            self.problem(path, f"not a readable parquet file ({str(e).splitlines()[0][:100]})")
+            return
+        schema = table.schema_arrow
+        if self.text_field not in schema.names or not pyarrow.types.is_string(schema.field(self.text_field).type) \
+                and not pyarrow.types.is_large_string(schema.field(self.text_field).type):
+            self.problem(path, f"no column of text named {self.text_field!r} (--text_field names it)")
+            return
+        per_row = os.path.getsize(path) / max(table.metadata.num_rows, 1)
+        for batch in table.iter_batches(columns=[self.text_field], batch_size=1024):
+            for text in batch.column(0).to_pylist():
+                yield from self.document(text or "", per_row)
 
     def hub_pieces(self):
+        """A Hugging Face dataset's rows, streamed: a rerun reads again up to where it stopped."""
         datasets = needs("datasets")
-        name, config, split = self.hf
+        name, config, split, revision = self.hf
+        number = 0
         try:
-            stream = datasets.load_dataset(name, config, split=split, streaming=True)
-        except Exception as e:  # offline, a wrong name: whatever the hub client raises
-            raise UserError(f"cannot open the dataset {name} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                            "offline, give local files with --input") from None
-        for number, row in enumerate(stream):
-            text = row.get(self.text_field)
-            if not isinstance(text, str):
-                self.problem(f"{name} row {number}", f"no text in a field {self.text_field!r}")
-                continue
-            yield from self.document(text, len(text.encode("utf-8")))
+            for number, row in enumerate(datasets.load_dataset(name, config, split=split, revision=revision,
+                                                               streaming=True)):
+                text = row.get(self.text_field)
+                if not isinstance(text, str):
+                    self.problem(f"{name} row {number}", f"no text in a field {self.text_field!r}")
+                    continue
+                yield from self.document(text, len(text.encode("utf-8")))
+        except Exception as e:  # offline, a wrong name, a connection lost midway: whatever the hub client raises
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"reading the dataset {name} failed at row {number} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160] if str(e) else ''}); run again to continue from the "
+                            "finished shards, or give local files with --input") from None
 
     def tasks(self):
         """Lists of pieces of about TASK_CHARS characters: a worker's unit of work, in a fixed order."""
@@ -495,18 +521,34 @@ class Shards:
         self.filled = 0
 
     def finished_shards(self):
-        """The shards a stopped run of the same settings finished, or [] (and old shards removed)."""
+        """The shards an earlier run of the same settings finished and that are still whole, in order;
+        any other shard in the folder is removed, with a line that says why."""
+        done, why = [], None
         try:
             with open(self.progress_path) as f:
                 saved = json.load(f)
-            if saved["settings"] == self.settings and all(
-                    os.path.getsize(os.path.join(self.folder, s["file"])) == 2 * s["tokens"] for s in saved["done"]):
-                return saved["done"]
-        except (OSError, ValueError, KeyError):
+            if saved["settings"] != self.settings:
+                why = "the corpus or the shard sizes differ from the earlier run's"
+            else:
+                for shard in saved["done"]:
+                    path = os.path.join(self.folder, shard["file"])
+                    if not os.path.isfile(path) or os.path.getsize(path) != 2 * shard["tokens"]:
+                        why = f"{shard['file']} is missing or not whole"
+                        break
+                    done.append(shard)
+        except FileNotFoundError:
             pass
-        for old in glob.glob(os.path.join(self.folder, "*_[0-9][0-9][0-9][0-9][0-9][0-9].bin")):
-            os.remove(old)
-        return []
+        except (OSError, ValueError, KeyError):
+            why = "progress.json is damaged"
+        kept = {s["file"] for s in done}
+        old = [f for f in glob.glob(os.path.join(self.folder, "*_[0-9][0-9][0-9][0-9][0-9][0-9].bin*"))
+               if os.path.basename(f) not in kept]
+        if why or old:
+            print(f"{why or 'progress.json does not list the shard files here'}: tokenizing again "
+                  f"{'after ' + done[-1]['file'] if done else 'from the start'}")
+        for path in old:
+            os.remove(path)
+        return done
 
     def resume_point(self):
         """(task, token offset within it) where the next shard starts; (0, 0) for a fresh start."""
@@ -554,7 +596,11 @@ def tokenize_corpus(corpus, shards, workers):
     progress = CorpusProgress(corpus.total_bytes, sum(s["tokens"] for s in shards.done))
     tasks = corpus.tasks()
     for _ in range(start_task):  # read past what finished shards hold, without tokenizing it
-        progress.advance(0, sum(n for _, _, n in next(tasks)), counted=False)
+        task = next(tasks, None)
+        if task is None:
+            raise UserError("the corpus ends before the finished shards do: it changed since they were "
+                            "written; remove progress.json to tokenize it again from the start")
+        progress.advance(0, sum(n for _, _, n in task), counted=False)
     for index, (tokens, input_bytes) in enumerate(tokenized(tasks, workers), start_task):
         offset = start_offset if index == start_task else 0
         shards.add(tokens[offset:], index, offset)
@@ -567,7 +613,7 @@ def prepare_corpus(corpus, name, data_root="data", workers=None, shard_tokens=10
     """Tokenize a corpus into GPT-2 BPE shards in data_root/name; a rerun continues from finished shards."""
     folder = os.path.join(data_root, name)
     os.makedirs(folder, exist_ok=True)
-    workers = workers or os.cpu_count()
+    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     tokenizer = GPT2Tokenizer()  # fails here, with its one line, if the BPE files cannot be had
     settings = dict(corpus.fingerprint(), shard_tokens=shard_tokens, val_tokens=val_tokens, task_chars=TASK_CHARS)
     shards = Shards(folder, val_tokens, shard_tokens, settings)
@@ -576,6 +622,8 @@ def prepare_corpus(corpus, name, data_root="data", workers=None, shard_tokens=10
     else:
         if shards.done:
             print(f"continuing after {len(shards.done)} finished shards, up to {shards.done[-1]['file']}")
+        if os.path.exists(os.path.join(folder, "meta.json")):
+            os.remove(os.path.join(folder, "meta.json"))  # it would describe shards that are about to change
         tokenize_corpus(corpus, shards, workers)
     if len(shards.done) < 2:
         raise UserError(f"the corpus gave {sum(s['tokens'] for s in shards.done):,} tokens, too few for a val shard "
@@ -635,6 +683,7 @@ def main(argv=None):
     corpus.add_argument("--hf_dataset", help="a Hugging Face dataset by name (or a local folder), streamed")
     corpus.add_argument("--hf_config", help="its configuration, e.g. sample-10BT")
     corpus.add_argument("--hf_split", default="train")
+    corpus.add_argument("--hf_revision", help="a commit or tag of the dataset, so that a rerun reads the same rows")
     corpus.add_argument("--text_field", default="text", help="the field holding the text in .jsonl, .parquet, datasets")
     corpus.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: every core)")
     corpus.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per train shard")
@@ -647,7 +696,8 @@ def main(argv=None):
             raise UserError("a corpus is tokenized with GPT-2 BPE (--tokenizer gpt2); characters need one text file")
         if min(args.shard_tokens, args.val_tokens) < 1 or (args.workers is not None and args.workers < 1):
             raise UserError("--shard_tokens, --val_tokens and --workers must be at least 1")
-        source = Corpus(args.input, args.hf_dataset, args.hf_config, args.hf_split, args.text_field, args.on_error)
+        source = Corpus(args.input, args.hf_dataset, args.hf_config, args.hf_split, args.text_field, args.on_error,
+                        args.hf_revision)
         prepare_corpus(source, args.name or "corpus", args.data_root, args.workers, args.shard_tokens, args.val_tokens)
         return
     tokenizer = args.tokenizer or "char"

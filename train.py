@@ -431,11 +431,16 @@ def run_eval_only(cfg, meta, splits, device, ctx, ddp):
     if cfg.init_from in ("scratch", "resume"):
         path = os.path.join(cfg.out_dir, BEST)
         model, _, ckpt = load_model(path)
-    else:
-        from gpt2 import load_pretrained
-        path, model = cfg.init_from, load_pretrained(cfg.init_from).eval()
-        ckpt = {"tokenizer": {"tokenizer": "gpt2", "vocab_size": model.config.vocab_size}}
-    check_vocabulary(ckpt, meta, cfg.dataset, path, "evaluate")
+        check_vocabulary(ckpt, meta, cfg.dataset, path, "evaluate")
+    else:  # GPT-2's weights: the data is checked before a download, and one process per machine downloads
+        if meta["tokenizer"] != "gpt2":
+            raise UserError(f"GPT-2's weights read GPT-2 tokens, but dataset {cfg.dataset} is "
+                            f"{meta['tokenizer']}-level; prepare it with python prepare.py --tokenizer gpt2")
+        from gpt2 import load_pretrained, resolve
+        if ddp.local_rank == 0:
+            resolve(cfg.init_from)
+        ddp.barrier()
+        path, model, ckpt = cfg.init_from, load_pretrained(cfg.init_from).eval(), {}
     block_size, val = model.config.block_size, splits["val"]
     if max(len(s) for s in val) <= block_size:
         raise UserError(f"the val split of {cfg.dataset} has {sum(len(s) for s in val)} tokens, too few for the "
@@ -444,7 +449,8 @@ def run_eval_only(cfg, meta, splits, device, ctx, ddp):
     figures = loss_figures(loss, meta["tokenizer"], meta["val_bytes"] / meta["val_tokens"]
                            if meta.get("val_bytes") else None)
     if ddp.rank == 0:
-        print(f"val loss {format_figures(figures)} over all {sum(len(s) - 1 for s in val):,} targets of {cfg.dataset} "
+        scored = sum(len(s) - 1 for s in val if len(s) > block_size)  # a shard shorter than a window is left out
+        print(f"val loss {format_figures(figures)} over all {scored:,} targets of {cfg.dataset} "
               f"({path}, iteration {ckpt.get('iter_num', '?')})")
     ddp.cleanup()
     return figures

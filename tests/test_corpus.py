@@ -143,7 +143,10 @@ def test_a_stopped_run_continues_from_its_finished_shards(corpus_dir, monkeypatc
     prepare_corpus(Corpus(str(tmp_path / "corpus")), "stopped", str(tmp_path / "data"), workers=1, **SHARDS)
     assert all(os.stat(folder / name).st_mtime_ns == t for name, t in finished.items())  # not written again
     whole = shard_tokens(tmp_path / "data" / "whole")[1]
-    assert len(tokenized) < len(list(Corpus(str(tmp_path / "corpus")).tasks()))  # not tokenized again either
+    progress = json.loads((folder / "progress.json").read_text())
+    resumed_at = progress["done"][2]["next"]  # [task, token offset] where the fourth shard began
+    assert resumed_at[1] > 0  # inside a task: the rerun drops the tokens the third shard already holds
+    assert len(tokenized) == len(list(Corpus(str(tmp_path / "corpus")).tasks())) - resumed_at[0]
     again = shard_tokens(folder)[1]
     assert len(again) == len(whole) and all(np.array_equal(a, b) for a, b in zip(again, whole))
 
@@ -198,3 +201,51 @@ def test_two_processes_train_on_shards(sharded):
                       *TINY_MODEL, "--max_iters=20", "--eval_interval=10", "--gradient_accumulation_steps=2")
     assert result.returncode == 0, result.stderr
     assert "across 2 processes" in result.stdout and "step 20: train loss" in result.stdout
+
+
+def test_reruns_reuse_only_the_shards_that_still_fit(corpus_dir, capsys):
+    tmp_path, docs = corpus_dir
+    data, folder = str(tmp_path / "data"), tmp_path / "data" / "web"
+    prepare_corpus(Corpus(str(tmp_path / "corpus")), "web", data, workers=1, **SHARDS)
+    whole = shard_tokens(folder)[1]
+    capsys.readouterr()
+    prepare_corpus(Corpus(str(tmp_path / "corpus")), "web", data, workers=1, **SHARDS)
+    assert "holds every shard of this corpus already" in capsys.readouterr().out
+
+    (folder / "train_000003.bin").unlink()  # a lost shard: the ones before it are kept
+    kept = {n: os.stat(folder / n).st_mtime_ns for n in ("val_000000.bin", "train_000001.bin", "train_000002.bin")}
+    prepare_corpus(Corpus(str(tmp_path / "corpus")), "web", data, workers=1, **SHARDS)
+    out = capsys.readouterr().out
+    assert "train_000003.bin is missing or not whole: tokenizing again after train_000002.bin" in out
+    assert all(os.stat(folder / n).st_mtime_ns == t for n, t in kept.items())
+    assert all(np.array_equal(a, b) for a, b in zip(shard_tokens(folder)[1], whole))
+
+    prepare_corpus(Corpus(str(tmp_path / "corpus")), "web", data, workers=1, shard_tokens=500, val_tokens=300)
+    assert "differ from the earlier run's: tokenizing again from the start" in capsys.readouterr().out
+    meta, shards = shard_tokens(folder)
+    assert [len(s) for s in shards[1:-1]] == [500] * (len(shards) - 2) and sorted(os.listdir(folder)) == sorted(
+        ["meta.json", "progress.json"] + [s["file"] for s in meta["shards"]["val"] + meta["shards"]["train"]])
+
+
+def test_a_document_longer_than_a_task_is_tokenized_as_a_whole(corpus_dir, monkeypatch):
+    tmp_path, docs = corpus_dir
+    monkeypatch.setattr(prepare, "TASK_CHARS", 50)  # every document is cut into many pieces
+    long = " ".join(docs)  # words, runs of newlines, punctuation, double spaces
+    (tmp_path / "long").mkdir()
+    write_jsonl(tmp_path / "long" / "one.jsonl", [long + "  end  of  it"])
+    prepare_corpus(Corpus(str(tmp_path / "long")), "long", str(tmp_path / "data"), workers=1, **SHARDS)
+    assert np.array_equal(np.concatenate(shard_tokens(tmp_path / "data" / "long")[1]), expected_tokens([long + "  end  of  it"]))
+
+
+def test_a_parquet_file_without_the_text_column(corpus_dir, capsys):
+    pyarrow = pytest.importorskip("pyarrow")
+    parquet = pytest.importorskip("pyarrow.parquet")
+    tmp_path, docs = corpus_dir
+    parquet.write_table(pyarrow.table({"body": docs[:3]}), tmp_path / "corpus" / "c.parquet")
+    parquet.write_table(pyarrow.table({"text": [1, 2, 3]}), tmp_path / "corpus" / "d.parquet")
+    with pytest.raises(UserError, match=r"c.parquet: no column of text named 'text'"):
+        prepare_corpus(Corpus(str(tmp_path / "corpus")), "pq", str(tmp_path / "data"), workers=1, **SHARDS)
+    prepare_corpus(Corpus(str(tmp_path / "corpus"), on_error="skip"), "pq", str(tmp_path / "data"), workers=1,
+                   **SHARDS)
+    assert capsys.readouterr().err.count("no column of text named 'text'") == 2  # the ints of d.parquet too
+    assert np.array_equal(np.concatenate(shard_tokens(tmp_path / "data" / "pq")[1]), expected_tokens(docs))

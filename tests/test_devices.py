@@ -189,3 +189,12 @@ def test_gpt2_downloads_into_files_of_unique_names(tmp_path, monkeypatch):
         gpt2.download("gpt2")
     assert names and names[0]["dir"] == str(tmp_path / "cache" / "scratchgpt" / "gpt2")
     assert os.listdir(names[0]["dir"]) == []  # the failed download's file is gone
+
+
+def test_the_mps_generator_is_saved_and_restored(monkeypatch):
+    state, restored = torch.arange(8, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: state)
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: restored.append(s))
+    saved = checkpoint.rng_state(torch.device("mps"))
+    checkpoint.set_rng_state(saved, torch.device("mps"))
+    assert torch.equal(saved["mps"], state) and torch.equal(restored[0], state)

@@ -63,7 +63,8 @@ def test_scores_agree_with_a_hand_computation(memorized):
     for example in EXAMPLES:
         total, mean = evaluation.ending_losses(model, tokenizer, example, torch.device("cpu"), no_autocast)
         totals, means = by_hand(model, tokenizer, example)
-        assert torch.allclose(total, torch.tensor(totals), atol=1e-4) and torch.allclose(mean, torch.tensor(means))
+        assert torch.allclose(total, torch.tensor(totals), atol=1e-4)
+        assert torch.allclose(mean, torch.tensor(means), atol=1e-5)
         right += min(range(4), key=totals.__getitem__) == example["label"]
         right_norm += min(range(4), key=means.__getitem__) == example["label"]
     result = evaluation.hellaswag(model, tokenizer, EXAMPLES, torch.device("cpu"), no_autocast)
@@ -88,3 +89,21 @@ def test_the_command_scores_a_checkpoint_and_refuses_bad_files(memorized, tmp_pa
     assert result.returncode == 1 and "--data PATH" in result.stderr.splitlines()[-1]
     with pytest.raises(UserError, match="no HellaSwag file"):
         evaluation.hellaswag_file(str(tmp_path / "missing.jsonl"))
+
+
+def test_rows_longer_than_the_context_keep_their_last_tokens(memorized):
+    _, tokenizer = memorized
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
+    example = {"ctx": "the cat", "endings": ["sat on the mat.", "ran.", "sat on the tree.", "flew."], "label": 0}
+    total, _ = evaluation.ending_losses(model, tokenizer, example, torch.device("cpu"),
+                                        torch.autocast("cpu", enabled=False))
+    for i, ending in enumerate(example["endings"]):
+        tail = tokenizer.encode(" " + ending)
+        row = torch.tensor([tokenizer.encode(example["ctx"]) + tail])[:, -9:]  # the window's 8 positions and a target
+        with torch.no_grad():
+            logp = F.log_softmax(model(row[:, :-1])[0][0], dim=-1)
+        scored = min(len(tail), row.shape[1] - 1)  # the ending's tokens that are still predicted in the window
+        expected = -sum(logp[row.shape[1] - 1 - scored + j, row[0, row.shape[1] - scored + j]].item()
+                        for j in range(scored))
+        assert abs(total[i].item() - expected) < 1e-4, ending
