@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import urllib.request
 
 import torch
 import torch.nn.functional as F
@@ -33,17 +32,10 @@ def hellaswag_file(path=None):
     from gpt2 import cache_dir
     path = os.path.join(cache_dir(), "hellaswag", "hellaswag_val.jsonl")
     if not os.path.isfile(path):
-        print(f"downloading {HELLASWAG_URL}", file=sys.stderr)
+        from prepare import download
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            with urllib.request.urlopen(HELLASWAG_URL, timeout=60) as response, open(path + ".part", "wb") as f:
-                f.write(response.read())
-            os.replace(path + ".part", path)
-        except OSError as e:
-            if os.path.exists(path + ".part"):
-                os.remove(path + ".part")
-            raise UserError(f"could not download {HELLASWAG_URL} ({getattr(e, 'reason', None) or e}); offline, "
-                            "copy hellaswag_val.jsonl from a machine that has it and pass --data PATH") from None
+        download(HELLASWAG_URL, path, offline="copy hellaswag_val.jsonl from a machine that has it and pass "
+                 "--data PATH")
     return path
 
 

@@ -145,9 +145,12 @@ def make_tokenizer(kind, text_sample=None):
 
 # --------------------------------------------------------------------------- one text file
 
-def download(url, path):
-    """Fetch url to path, via a temporary file so a failed download leaves nothing behind."""
-    print(f"downloading {url}")
+def download(url, path, offline="pass a local copy: python prepare.py --input PATH/input.txt"):
+    """Fetch url to path, via a temporary file so a failed download leaves nothing behind.
+
+    `offline` says what to do instead, in the one-line error of a failed download.
+    """
+    print(f"downloading {url}", file=sys.stderr)
     tmp = path + ".part"
     try:
         with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
@@ -155,8 +158,8 @@ def download(url, path):
     except OSError as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise UserError(f"download of {url} failed ({e}); with no internet, pass a local copy: "
-                        "python prepare.py --input PATH/input.txt") from None
+        raise UserError(f"download of {url} failed ({getattr(e, 'reason', None) or e}); with no internet, "
+                        f"{offline}") from None
     os.replace(tmp, path)
 
 

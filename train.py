@@ -175,15 +175,7 @@ def init_model(cfg, model_cfg, meta, ddp):
         return build_model(replace(model_cfg, vocab_size=meta["vocab_size"])), None
     if cfg.init_from == "resume":
         return load_resume_state(cfg, model_cfg, meta)
-    # Anything else is GPT-2's weights, by name or local path. Check the data before a download.
-    if meta["tokenizer"] != "gpt2":
-        raise UserError(f"GPT-2's weights need GPT-2 tokens, but dataset {cfg.dataset} is {meta['tokenizer']}-level; "
-                        f"prepare it with python prepare.py --tokenizer gpt2")
-    from gpt2 import load_pretrained, resolve
-    if ddp.local_rank == 0:
-        resolve(cfg.init_from)  # one download per machine; the other processes wait, then read the cache
-    ddp.barrier()
-    model = load_pretrained(cfg.init_from, dropout=model_cfg.dropout)
+    model = gpt2_weights(cfg, meta, ddp, model_cfg.dropout)  # anything else names GPT-2's weights
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} tokens but {cfg.init_from} knows "
                         f"{model.config.vocab_size}; use a GPT-2 model with the full vocabulary")
@@ -193,6 +185,24 @@ def init_model(cfg, model_cfg, meta, ddp):
     if model_cfg.block_size < model.config.block_size:
         model.crop_block_size(model_cfg.block_size)  # fine-tune on shorter windows: faster, less memory
     return model, None
+
+
+def gpt2_weights(cfg, meta, ddp, dropout=0.0):
+    """GPT-2's weights that init_from names, on the CPU: the data is checked before a download,
+    and one process per machine downloads while the others wait, then read the cache."""
+    if meta["tokenizer"] != "gpt2":
+        raise UserError(f"GPT-2's weights need GPT-2 tokens, but dataset {cfg.dataset} is {meta['tokenizer']}-level; "
+                        f"prepare it with python prepare.py --tokenizer gpt2")
+    from gpt2 import load_pretrained, resolve
+    if ddp.local_rank == 0:
+        resolve(cfg.init_from)
+    ddp.barrier()
+    return load_pretrained(cfg.init_from, dropout=dropout)
+
+
+def bytes_per_token(meta):
+    """UTF-8 bytes per token of the val split, for bits per byte; None for data prepared without them."""
+    return meta["val_bytes"] / meta["val_tokens"] if meta.get("val_bytes") else None
 
 
 def set_up_device(device, cfg):
@@ -221,7 +231,7 @@ class Progress:
     elapsed_before: float = 0.0  # seconds trained before this process started, summed over resumes
 
 
-def resume_progress(state, cfg, model_cfg, optimizer, scaler, generators, ddp, device):
+def resume_progress(state, cfg, model_cfg, optimizer, scaler, generators, ddp):
     """Restore the optimizer and say where the run stands; returns (Progress, this rank's saved random state)."""
     path = os.path.join(cfg.out_dir, LAST)
     restore_optimizer(state, optimizer, scaler, path, cfg.optimizer)
@@ -258,7 +268,7 @@ class Report:
         # tokens/s counts every process, each with a device (or CPU threads) of its own
         peak = peak_flops(device, dtype)
         self.peak = peak * ddp.world_size if peak else None
-        self.bytes_per_token = meta["val_bytes"] / meta["val_tokens"] if meta.get("val_bytes") else None
+        self.bytes_per_token = bytes_per_token(meta)
         print(f"{n_params:,} parameters; device {device}, {str(dtype).removeprefix('torch.')}"
               f"{', compiled' if cfg.compiles(device) else ''}; {self.tokens_per_step:,} tokens per step"
               f"{f' across {ddp.world_size} processes' if ddp.world_size > 1 else ''}")
@@ -340,7 +350,7 @@ def train(cfg, model_cfg):
     eval_batches = {s: Batches(splits[s], model_cfg.block_size, cfg.batch_size, device, gens["eval"]) for s in splits}
     progress, saved_rng = Progress(), None
     if state is not None:
-        progress, saved_rng = resume_progress(state, cfg, model_cfg, optimizer, scaler, gens, ddp, device)
+        progress, saved_rng = resume_progress(state, cfg, model_cfg, optimizer, scaler, gens, ddp)
     resumed, tokenizer_meta = state is not None, {k: meta[k] for k in ("tokenizer", "vocab_size", "chars") if k in meta}
     del state
     step_model = compiled_for_training(model, ddp, cfg.compiles(device))
@@ -432,22 +442,14 @@ def run_eval_only(cfg, meta, splits, device, ctx, ddp):
         path = os.path.join(cfg.out_dir, BEST)
         model, _, ckpt = load_model(path)
         check_vocabulary(ckpt, meta, cfg.dataset, path, "evaluate")
-    else:  # GPT-2's weights: the data is checked before a download, and one process per machine downloads
-        if meta["tokenizer"] != "gpt2":
-            raise UserError(f"GPT-2's weights read GPT-2 tokens, but dataset {cfg.dataset} is "
-                            f"{meta['tokenizer']}-level; prepare it with python prepare.py --tokenizer gpt2")
-        from gpt2 import load_pretrained, resolve
-        if ddp.local_rank == 0:
-            resolve(cfg.init_from)
-        ddp.barrier()
-        path, model, ckpt = cfg.init_from, load_pretrained(cfg.init_from).eval(), {}
+    else:
+        path, model, ckpt = cfg.init_from, gpt2_weights(cfg, meta, ddp).eval(), {}
     block_size, val = model.config.block_size, splits["val"]
     if max(len(s) for s in val) <= block_size:
         raise UserError(f"the val split of {cfg.dataset} has {sum(len(s) for s in val)} tokens, too few for the "
                         f"checkpoint's block_size {block_size}; evaluate on a dataset with a longer val split")
     loss = evaluate_split(model.to(device), val, block_size, cfg.batch_size, device, ctx, ddp)
-    figures = loss_figures(loss, meta["tokenizer"], meta["val_bytes"] / meta["val_tokens"]
-                           if meta.get("val_bytes") else None)
+    figures = loss_figures(loss, meta["tokenizer"], bytes_per_token(meta))
     if ddp.rank == 0:
         scored = sum(len(s) - 1 for s in val if len(s) > block_size)  # a shard shorter than a window is left out
         print(f"val loss {format_figures(figures)} over all {scored:,} targets of {cfg.dataset} "
