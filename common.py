@@ -1,15 +1,14 @@
-"""What every script shares: one-line errors, the device and its precision, processes under torchrun, and MFU."""
+"""What every script shares: one-line errors, files written whole, downloads, a progress bar,
+and the device with its precision."""
 import contextlib
-import datetime
+import errno
 import importlib.util
 import os
 import sys
 import time
-from dataclasses import dataclass
+import urllib.request
 
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 # --------------------------------------------------------------------------- errors
 
@@ -36,6 +35,119 @@ def run_main(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+# --------------------------------------------------------------------------- files
+
+def write_pending(path, write):
+    """Call write(f) on a new binary file beside path, flushed to disk; returns its name.
+
+    Nothing at path changes until commit(); a crash leaves at most that one `.tmp` file.
+    """
+    tmp = f"{path}.tmp"  # one name, so a run killed while writing leaves one stray file, not one per try
+    with _writing(path, tmp):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    return tmp
+
+
+def commit(tmp, path):
+    """Rename tmp over path (atomic on POSIX and Windows), then make the rename itself durable."""
+    with _writing(path, tmp):
+        os.replace(tmp, path)
+        if os.name == "posix":  # a folder's entries reach the disk with an fsync of the folder
+            dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def atomic_write(path, write):
+    """Write a file whole or not at all: the old file at path stays intact until the new one is complete."""
+    commit(write_pending(path, write), path)
+
+
+def discard(tmp):
+    if tmp and os.path.exists(tmp):
+        os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _writing(path, tmp):
+    """Turn a failed write into one clear line, removing the partial file; path is never touched."""
+    try:
+        yield
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            discard(tmp)
+        folder = os.path.dirname(os.path.abspath(path))
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"out of disk space while saving {path}; the previous file there is intact. "
+                            "Free some space and run again (training: --init_from=resume)") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"cannot write to {folder} ({e.strerror}); choose another folder (--out_dir)") from None
+        raise UserError(f"could not save {path} ({e.strerror or e}); the previous file there is intact") from None
+
+
+def download(url, path, offline):
+    """Fetch url to path, whole or not at all; `offline` says what to do instead, in the one-line
+    error of a failed download.
+
+    The bytes arrive in a temporary file of a unique name, renamed when complete, so
+    processes sharing a cache folder (machines on one filesystem) never write into
+    each other's file, and an interrupted download is never taken for a whole one.
+    """
+    print(f"downloading {url}", file=sys.stderr)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.part"
+    progress = None
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            progress = Progress(int(response.headers.get("Content-Length") or 0), os.path.basename(path))
+            while block := response.read(1 << 20):
+                f.write(block)
+                progress.advance(len(block))
+        os.replace(tmp, path)
+    except OSError as e:  # URLError, HTTPError, timeouts, a full disk
+        discard(tmp)
+        raise UserError(f"download of {url} failed ({getattr(e, 'reason', None) or e}); with no internet, "
+                        f"{offline}") from None
+    finally:
+        if progress is not None:
+            progress.close()  # ends the progress line, so an error starts on a line of its own
+
+
+class Progress:
+    """A one-line progress bar on stderr: bytes of input done, MB/s, tokens, and the time left when the total is known."""
+
+    def __init__(self, total_bytes, label, done=0):
+        self.total, self.label, self.done, self.counted, self.tokens = total_bytes, label, done, 0, 0
+        self.t0 = self.last = time.time()
+
+    def advance(self, n_bytes, tokens=0, counted=True):
+        """n_bytes more done; counted=False for input skipped (it adds to the total, not to the rate)."""
+        self.done += n_bytes
+        self.counted += n_bytes if counted else 0
+        self.tokens += tokens
+        now = time.time()
+        if now - self.last < 0.2 and self.done < self.total:
+            return
+        self.last = now
+        rate = self.counted / max(now - self.t0, 1e-9)
+        line = f"{self.done / 1e6:,.0f} MB"
+        if self.total:
+            frac = min(self.done / self.total, 1.0)
+            left = max(self.total - self.done, 0) / max(rate, 1)
+            line = f"[{'#' * int(30 * frac):<30}] {100 * frac:5.1f}%, eta {left:,.0f}s"
+        tokens = f", {self.tokens:,} tokens" if self.tokens else ""
+        print(f"\r{self.label} {line}, {rate / 1e6:.1f} MB/s{tokens}   ", end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        print(file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- device and precision
@@ -124,130 +236,6 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
-# --------------------------------------------------------------------------- processes under torchrun
-
-# Rank 0 alone writes checkpoints (fsynced) while the other ranks wait in the next
-# step's all-reduce. NCCL's default timeout, 10 minutes, is too short for a large
-# model's checkpoint on a slow disk; a hung job still ends, an hour later.
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
-
-
-@dataclass
-class Distributed:
-    """This process's place in a torchrun job, and the few collective operations training needs.
-
-    Without torchrun it is one process, and every method does nothing.
-    """
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    device: torch.device = None  # set under torchrun: each process owns one GPU, or the CPU
-    ddp_model: DDP = None
-
-    @property
-    def enabled(self):
-        return dist.is_initialized()
-
-    def wrap(self, model):
-        """The model in DistributedDataParallel, which averages gradients across processes."""
-        if not self.enabled:
-            return model
-        # DDP copies rank 0's weights to every rank here, so all start from the same model.
-        # The only buffer (the sinusoidal table) is constant: broadcasting it before every
-        # forward pass would put a collective into evaluation, which each rank runs alone.
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        self.ddp_model = DDP(model, device_ids=ids, broadcast_buffers=False)
-        return self.ddp_model
-
-    def sync(self, on):
-        """Let DDP all-reduce gradients in the coming backward pass, or not (accumulation steps)."""
-        if self.ddp_model is not None:
-            self.ddp_model.require_backward_grad_sync = on
-
-    def sum(self, tensor):
-        """The sum of a tensor over all ranks, on every rank."""
-        if self.enabled:
-            tensor = tensor.detach().clone()
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    def mean(self, tensor):
-        return self.sum(tensor) / self.world_size
-
-    def gather(self, obj):
-        """[obj of rank 0, obj of rank 1, ...], on every rank."""
-        if not self.enabled:
-            return [obj]
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self):
-        if self.enabled:
-            dist.barrier()
-
-    def cleanup(self):
-        if self.enabled:
-            # Every rank arrives before any tears its connections down. Without this, a
-            # rank that finished first sometimes aborted at exit under gloo.
-            dist.barrier()
-            dist.destroy_process_group()
-
-
-def lost_peer(error):
-    """True for the error a process gets in a collective when another process of the job has died.
-
-    gloo reports it as a RuntimeError ("Connection closed by peer"), NCCL as a DistError.
-    """
-    return dist.is_available() and dist.is_initialized() and (isinstance(error, dist.DistError)
-                                                              or "by peer" in str(error))
-
-
-def process_device(device, local_rank):
-    """The GPU a torchrun process takes: its LOCAL_RANK's, or the one GPU a launcher showed it.
-
-    Launchers such as Slurm or Kubernetes often show each process a single GPU
-    through CUDA_VISIBLE_DEVICES, so LOCAL_RANK 3 may own what it sees as cuda:0.
-    """
-    if device.type != "cuda":
-        return device
-    visible = torch.cuda.device_count()
-    if local_rank < visible:
-        return torch.device("cuda", local_rank)
-    if visible == 1 and os.environ.get("CUDA_VISIBLE_DEVICES"):
-        return torch.device("cuda", 0)
-    raise UserError(f"local rank {local_rank} has no GPU of its own ({visible} visible); use "
-                    "--nproc_per_node at most the number of GPUs, or show each process one GPU")
-
-
-def setup_distributed(cfg):
-    """Join the process group when launched by torchrun; a single process otherwise.
-
-    gradient_accumulation_steps is global: each of the N processes does 1/N of
-    the micro-steps, so the tokens per optimizer step do not depend on N.
-    """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return Distributed()
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if not cfg.eval_only and cfg.gradient_accumulation_steps % world != 0:
-        raise UserError(f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} must be a multiple of "
-                        f"the number of processes ({world}); each process does an equal share of the micro-steps")
-    device = process_device(pick_device(cfg.device), local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    elif device.type == "cpu":
-        backend = "gloo"
-    else:
-        raise UserError(f"distributed training needs cuda or cpu, not {device.type}")
-    dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT,
-                            device_id=device if backend == "nccl" else None)
-    return Distributed(rank=rank, local_rank=local_rank, world_size=world, device=device)
-
-
-# --------------------------------------------------------------------------- throughput
-
 # Dense bf16/fp16 tensor-core peaks (no sparsity), from the vendors' data sheets, FLOP/s.
 # Matched in order against torch.cuda.get_device_name, so more specific names come first:
 # an H100 SXM reports itself as "NVIDIA H100 80GB HBM3", a PCIe card as "NVIDIA H100 PCIe".
@@ -256,19 +244,6 @@ GPU_PEAK_FLOPS = [
     ("H100", 989e12), ("A100", 312e12), ("A10G", 125e12), ("A10", 125e12), ("L40S", 362e12), ("L40", 181e12),
     ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
 ]
-
-
-def flops_per_token(config, n_params):
-    """Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B).
-
-    6N for the weights: forward and backward multiply each parameter three times,
-    two FLOPs a multiply-add. Plus 12 * n_layer * n_embd * block_size for attention's
-    scores and weighted sums, which have no parameters.
-    """
-    if config.arch == "bigram":
-        return 6 * n_params
-    return 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
-
 
 _cpu_peaks = {}
 

@@ -5,8 +5,9 @@
     logits, loss = model(idx, targets)
 
 Reading order: GPTConfig; the position encodings; the KV cache that generation
-fills; CausalSelfAttention, MLP, Block, GPT; the bigram baseline. Importing or
-building a model has no side effects: no prints, no environment reads.
+fills; CausalSelfAttention, MLP, Block, GPT; the loss; generation, from logits to
+tokens; the bigram baseline. The file imports nothing else of the project, and
+importing or building a model has no side effects: no prints, no environment reads.
 """
 import math
 from dataclasses import dataclass, replace
@@ -23,10 +24,10 @@ class GPTConfig:
     """Every hyperparameter of the model; a checkpoint stores `asdict(config)`."""
     block_size: int = 256  # context length: the most positions attention can see
     vocab_size: int = 65  # set from the dataset's tokenizer
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
+    n_layer: int = 6  # Transformer blocks
+    n_head: int = 6  # attention heads per block, each n_embd // n_head wide
+    n_embd: int = 384  # width of the residual stream
+    dropout: float = 0.0  # probability of zeroing an activation while training (0.2 for a model that overfits)
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has
     pos_encoding: str = "learned"  # learned | sinusoidal | rope
     causal: bool = True  # False gives encoder blocks: every token sees every other
@@ -367,19 +368,32 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
-        """Append max_new_tokens sampled tokens to idx (B, T), with the KV cache (see generate.py)."""
-        from generate import generate_tokens, check_finite  # the sampling loop, which imports this module
-        return check_finite(torch.cat([idx, *generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p,
-                                                             generator)], dim=1))
+        """idx (B, T) with max_new_tokens sampled tokens appended, over the KV cache."""
+        steps = generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, generator)
+        return check_finite(torch.cat([idx, *steps], dim=1))
 
-    def configure_optimizer(self, learning_rate, weight_decay, betas, fused=None):
-        """AdamW that decays matrices (weights of Linear and Embedding) and not biases or gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
+    def configure_optimizer(self, learning_rate, weight_decay, betas, fused=None, params=None):
+        """AdamW that decays matrices (weights of Linear and Embedding) and not biases or gains.
+
+        params: the parameters to optimize, by default every trainable one (Muon takes
+        the blocks' matrices and leaves the rest to this, see optim.py).
+        """
+        params = [p for p in (self.parameters() if params is None else params) if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_token(self):
+        """Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B).
+
+        6N for the weights: forward and backward multiply each parameter three times,
+        two FLOPs a multiply-add. Plus 12 * n_layer * n_embd * block_size for attention's
+        scores and weighted sums, which have no parameters.
+        """
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
 
 # Logits scored at a time by cross_entropy: 128 MB in fp32.
@@ -400,6 +414,118 @@ def cross_entropy(logits, targets):
     return total / (targets != -1).sum()
 
 
+
+# --------------------------------------------------------------------------- generation: from logits to tokens
+
+NOT_FINITE = ("the model's logits are not finite (NaN or inf): a diverged checkpoint, an fp16 overflow, "
+              "or a temperature so small that logits / temperature overflow (temperature 0 is greedy)")
+
+
+def filter_top_k(logits, k):
+    """Keep the k largest logits of each row; the rest become -inf."""
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def filter_top_p(logits, p):
+    """Nucleus filter (Holtzman et al. 2019): keep the smallest set of most likely tokens
+    whose probability reaches p. The most likely token is always kept."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = F.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the tokens ranked above
+    drop_sorted = mass_before >= p  # the set already reached p without this token
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> next tokens (B, 1). Temperature 0 picks the most likely token.
+
+    A row whose logits are not all finite gets token -1 rather than an error here:
+    testing it on the host would wait for the device at every token, and the
+    caller reads the tokens anyway (check_finite).
+    """
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    # A row holding NaN or +inf, or nothing but -inf, is no distribution: its log-sum-exp is not finite.
+    finite = torch.isfinite(torch.logsumexp(logits, dim=-1, keepdim=True))  # (B, 1)
+    logits = torch.where(finite, logits, 0.0)  # a row the draw may use, and whose token is replaced below
+    if temperature == 0:
+        token = torch.argmax(logits, dim=-1, keepdim=True)
+    else:
+        if top_k and top_k < logits.size(-1):  # k at or above the vocabulary keeps every token
+            logits = filter_top_k(logits, top_k)
+        if top_p is not None and top_p < 1.0:
+            logits = filter_top_p(logits, top_p)
+        token = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+    return torch.where(finite, token, -1)
+
+
+def check_finite(tokens):
+    """tokens, unless sample_next marked one as drawn from logits that are not finite."""
+    if (tokens < 0).any():
+        raise FloatingPointError(NOT_FINITE)
+    return tokens
+
+
+def window_start(model, start, length):
+    """First token the model is given when `length` tokens exist and the last window began at `start`.
+
+    Absolute positions stop at block_size: when the window is full, it drops its
+    oldest quarter at once and is re-encoded from scratch. Re-encoding is a whole
+    forward pass, so sliding one token per step would cost as much as no cache.
+    Rotary models never re-encode: they attend over a sliding window of
+    block_size positions (see GPT.forward), and the cache slides with it.
+    """
+    block = model.config.block_size
+    if model.config.pos_encoding == "rope" or length - start <= block:
+        return start
+    if model.config.arch == "bigram":
+        return length - 1  # it sees one token anyway
+    return length - (3 * block) // 4
+
+
+def prefill(model, tokens, cache):
+    """Logits (B, V) after the prompt tokens (B, T), filling the cache; long rotary prompts go in
+    window-sized chunks."""
+    step = model.config.block_size if cache is not None else tokens.size(1)
+    for i in range(0, tokens.size(1), step):
+        logits = model(tokens[:, i:i + step], cache=cache, last_only=True)[0]
+    return logits[:, -1]
+
+
+@torch.inference_mode()  # no autograd bookkeeping at all: cheaper per op than no_grad
+def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
+                    use_cache=True):
+    """Yield max_new_tokens new tokens, each (B, 1), continuing the prompts idx (B, T).
+
+    With the cache (the default) each step runs GPT.forward on the one new token;
+    without it, on the whole window again. Both see exactly the same context.
+    The work for a token is done when the caller asks for it (the generator's next).
+    """
+    tokens = idx
+    start = window_start(model, 0, tokens.size(1))
+    cache = model.new_cache(idx.size(0)) if use_cache else None
+    logits = prefill(model, tokens[:, start:], cache)
+    for i in range(max_new_tokens):
+        next_token = sample_next(logits, temperature, top_k, top_p, generator)
+        yield next_token
+        if i == max_new_tokens - 1:
+            break
+        tokens = torch.cat((tokens, next_token.clamp(min=0)), dim=1)
+        new_start = window_start(model, start, tokens.size(1))
+        if cache is not None and new_start == start:
+            logits = model(next_token.clamp(min=0), cache=cache)[0][:, -1]
+        else:  # no cache, or absolute positions shifted: encode the kept window again
+            if cache is not None:
+                cache.reset()
+            logits = prefill(model, tokens[:, new_start:], cache)
+        start = new_start
+
+
+# --------------------------------------------------------------------------- the bigram baseline
+
 class BigramLanguageModel(GPT):
     """The lecture's first model: each token looks up the logits of the next in a table.
 
@@ -416,6 +542,9 @@ class BigramLanguageModel(GPT):
     def num_params(self, non_embedding=True):
         return self.table.weight.numel()
 
+    def flops_per_token(self):
+        return 6 * self.num_params()
+
     def forward(self, idx, targets=None, cache=None, last_only=False):
         logits = self.table(idx[:, -1:] if last_only else idx)  # (B, T, vocab_size)
         loss = None if targets is None else cross_entropy(logits, targets)
@@ -429,17 +558,5 @@ def build_model(config, state_dict=None):
     """The model class that `config.arch` names: freshly initialised, or holding state_dict's weights."""
     model = (BigramLanguageModel if config.arch == "bigram" else GPT)(config)
     if state_dict is not None:
-        model.load_state_dict(pad_vocabulary(state_dict, model))  # strict: every weight is overwritten
+        model.load_state_dict(state_dict)  # strict: every weight is overwritten
     return model
-
-
-def pad_vocabulary(state_dict, model):
-    """A state_dict whose embedding has vocab_size rows (written before vocabularies were padded),
-    with zero rows added up to the model's padded size."""
-    out = dict(state_dict)
-    for key in ("wte.weight", "lm_head.weight"):
-        weight = state_dict.get(key)
-        rows = model.config.padded_vocab_size
-        if weight is not None and weight.dim() == 2 and weight.shape[0] == model.config.vocab_size < rows:
-            out[key] = torch.cat([weight, weight.new_zeros(rows - weight.shape[0], weight.shape[1])])
-    return out

@@ -1,14 +1,24 @@
-"""The optimizer a run trains with: AdamW, or Muon for the blocks' matrices with AdamW for the rest.
+"""How the weights are updated: AdamW, or Muon for the blocks' matrices with AdamW for the rest,
+by one process or by the processes of a torchrun job.
 
 Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers") replaces each
 weight matrix's momentum by the nearest orthogonal matrix, found with a few
 Newton-Schulz iterations, so every direction of the update moves at the same
 rate. It suits the matrices inside the blocks; embeddings, the output head and
 the LayerNorm gains stay with AdamW, as in the paper's recipe.
-"""
-import torch
 
-from common import UserError, native_bf16
+Under torchrun each process holds the whole model in DistributedDataParallel,
+which averages the gradients across processes before each step (Distributed).
+"""
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from common import UserError, native_bf16, pick_device
 
 # AdamW as one fused kernel on the devices PyTorch has it for: about a third of the
 # per-list kernels' time for the GPU recipe's 10.7M parameters on two CPU cores.
@@ -116,11 +126,8 @@ def build_optimizer(model, cfg):
         raise UserError("optimizer='muon' trains the matrices inside Transformer blocks, and this model has none; "
                         "use optimizer='adamw'")
     in_muon = {id(p) for p in matrices}
-    rest = [p for n, p in named if id(p) not in in_muon]
-    adamw = torch.optim.AdamW(
-        [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
-        lr=cfg.learning_rate, betas=betas, fused=fused)
+    adamw = model.configure_optimizer(cfg.learning_rate, cfg.weight_decay, betas, fused=fused,
+                                      params=[p for n, p in named if id(p) not in in_muon])
     # No weight decay: Muon's steps are ~50x AdamW's (0.02 against ~4e-4 here), and
     # decay is applied as lr * weight_decay, so 0.1 would shrink the matrices quickly.
     muon = Muon(matrices, lr=cfg.muon_learning_rate, momentum=0.95,
@@ -130,3 +137,125 @@ def build_optimizer(model, cfg):
     for group in muon.param_groups:
         group["lr_scale"] = cfg.muon_learning_rate / cfg.learning_rate
     return OptimizerSet(adamw=adamw, muon=muon)
+
+
+# --------------------------------------------------------------------------- processes under torchrun
+
+# Rank 0 alone writes checkpoints (fsynced) while the other ranks wait in the next
+# step's all-reduce. NCCL's default timeout, 10 minutes, is too short for a large
+# model's checkpoint on a slow disk; a hung job still ends, an hour later.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job, and the few collective operations training needs.
+
+    Without torchrun it is one process, and every method does nothing.
+    """
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = None  # set under torchrun: each process owns one GPU, or the CPU
+    ddp_model: DDP = None
+
+    @property
+    def enabled(self):
+        return dist.is_initialized()
+
+    def wrap(self, model):
+        """The model in DistributedDataParallel, which averages gradients across processes."""
+        if not self.enabled:
+            return model
+        # DDP copies rank 0's weights to every rank here, so all start from the same model.
+        # The only buffer (the sinusoidal table) is constant: broadcasting it before every
+        # forward pass would put a collective into evaluation, which each rank runs alone.
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp_model = DDP(model, device_ids=ids, broadcast_buffers=False)
+        return self.ddp_model
+
+    def sync(self, on):
+        """Let DDP all-reduce gradients in the coming backward pass, or not (accumulation steps)."""
+        if self.ddp_model is not None:
+            self.ddp_model.require_backward_grad_sync = on
+
+    def sum(self, tensor):
+        """The sum of a tensor over all ranks, on every rank."""
+        if self.enabled:
+            tensor = tensor.detach().clone()
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def mean(self, tensor):
+        return self.sum(tensor) / self.world_size
+
+    def gather(self, obj):
+        """[obj of rank 0, obj of rank 1, ...], on every rank."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def cleanup(self):
+        if self.enabled:
+            # Every rank arrives before any tears its connections down. Without this, a
+            # rank that finished first sometimes aborted at exit under gloo.
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def lost_peer(error):
+    """True for the error a process gets in a collective when another process of the job has died.
+
+    gloo reports it as a RuntimeError ("Connection closed by peer"), NCCL as a DistError.
+    """
+    return dist.is_available() and dist.is_initialized() and (isinstance(error, dist.DistError)
+                                                              or "by peer" in str(error))
+
+
+def process_device(device, local_rank):
+    """The GPU a torchrun process takes: its LOCAL_RANK's, or the one GPU a launcher showed it.
+
+    Launchers such as Slurm or Kubernetes often show each process a single GPU
+    through CUDA_VISIBLE_DEVICES, so LOCAL_RANK 3 may own what it sees as cuda:0.
+    """
+    if device.type != "cuda":
+        return device
+    visible = torch.cuda.device_count()
+    if local_rank < visible:
+        return torch.device("cuda", local_rank)
+    if visible == 1 and os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return torch.device("cuda", 0)
+    raise UserError(f"local rank {local_rank} has no GPU of its own ({visible} visible); use "
+                    "--nproc_per_node at most the number of GPUs, or show each process one GPU")
+
+
+def setup_distributed(cfg):
+    """Join the process group when launched by torchrun; a single process otherwise.
+
+    gradient_accumulation_steps is global: each of the N processes does 1/N of
+    the micro-steps, so the tokens per optimizer step do not depend on N.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Distributed()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if not cfg.eval_only and cfg.gradient_accumulation_steps % world != 0:
+        raise UserError(f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} must be a multiple of "
+                        f"the number of processes ({world}); each process does an equal share of the micro-steps")
+    device = process_device(pick_device(cfg.device), local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise UserError(f"distributed training needs cuda or cpu, not {device.type}")
+    dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT,
+                            device_id=device if backend == "nccl" else None)
+    return Distributed(rank=rank, local_rank=local_rank, world_size=world, device=device)

@@ -6,12 +6,15 @@
 """
 import argparse
 import os
+import re
 import sys
 import time
 
+from checkpoint import check_gpt2_source
 from common import UserError, run_main
 from generate import load
-from gpt2 import GPT2_SIZES, is_gpt2_source
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
 def read_prompt(start):
@@ -24,6 +27,14 @@ def read_prompt(start):
             return f.read()
     except OSError as e:
         raise UserError(f"cannot read prompt file {path}: {e.strerror}") from None
+
+
+def shell_escapes(text):
+    """Text typed on a shell line, with \\n, \\t, \\r and \\\\ read as newline, tab, return and backslash.
+
+    Everything else stays as typed, so any Unicode text (--stop "é", --stop "—") means itself.
+    """
+    return re.sub(r"\\([ntr\\])", lambda m: ESCAPES[m.group(1)], text)
 
 
 def parse_args(argv):
@@ -48,10 +59,9 @@ def parse_args(argv):
         raise UserError("--num_samples must be at least 1 and --max_new_tokens at least 0")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise UserError("need --temperature >= 0, 0 < --top_p <= 1 and --top_k >= 0")
-    if args.init_from is not None and not is_gpt2_source(args.init_from):
-        raise UserError(f"--init_from takes {', '.join(GPT2_SIZES)}, or a model.safetensors file or a folder "
-                        f"holding one, not {args.init_from!r}; for a trained checkpoint use --out_dir")
-    args.stop = [s.encode().decode("unicode_escape") for s in args.stop]  # let "\n" on a shell line mean newline
+    if args.init_from is not None:
+        check_gpt2_source(args.init_from, "--init_from")
+    args.stop = [shell_escapes(s) for s in args.stop]
     return args
 
 

@@ -7,8 +7,11 @@ unknown key is refused with the closest valid name.
 """
 import ast
 import difflib
+import inspect
+import io
 import operator
 import os
+import tokenize
 from dataclasses import dataclass, fields
 
 from common import UserError, can_compile
@@ -20,40 +23,40 @@ class TrainConfig:
     """Everything about a training run that is not the model's shape."""
     # data and output
     dataset: str = "shakespeare_char"  # folder under data_root written by prepare.py
-    data_root: str = "data"
-    out_dir: str = "out-shakespeare-char"
+    data_root: str = "data"  # where dataset folders live
+    out_dir: str = "out-shakespeare-char"  # where ckpt.pt, last.pt, metrics.jsonl and loss.png go
     init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | PATH
     # evaluation, logging and checkpoints
-    eval_interval: int = 250
-    eval_iters: int = 200
-    eval_only: bool = False  # evaluate the checkpoint on the whole val split and exit
-    log_interval: int = 10
+    eval_interval: int = 250  # steps between estimates of train and val loss (ckpt.pt is saved when val improves)
+    eval_iters: int = 200  # batches per split in each estimate
+    eval_only: bool = False  # score the checkpoint on every target of the val split and exit
+    log_interval: int = 10  # steps between lines of loss and speed
     checkpoint_interval: int = 250  # how often the resume checkpoint (last.pt) is written
-    wandb_log: bool = False
-    wandb_project: str = "gpt"
-    wandb_run_name: str = "run"
+    wandb_log: bool = False  # send the metrics to Weights & Biases too
+    wandb_project: str = "gpt"  # its project
+    wandb_run_name: str = "run"  # its run name
     # batches
-    batch_size: int = 12
-    gradient_accumulation_steps: int = 1  # global: split across processes under torchrun
+    batch_size: int = 12  # windows of block_size tokens per micro-batch
+    gradient_accumulation_steps: int = 1  # micro-batches per step, for the whole job: split across processes under torchrun
     # the optimizer and the learning-rate schedule
     optimizer: str = "adamw"  # adamw | muon: Muon for the blocks' matrices, AdamW for the rest (optim.py)
     learning_rate: float = 6e-4  # AdamW's peak rate
     muon_learning_rate: float = 0.02  # Muon's peak rate; the schedule scales it as it scales learning_rate
-    max_iters: int = 5000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
-    decay_lr: bool = True
-    warmup_iters: int = 100
+    max_iters: int = 5000  # optimizer steps in all
+    weight_decay: float = 0.1  # AdamW's decay of the weight matrices (never biases or gains)
+    beta1: float = 0.9  # AdamW's momentum
+    beta2: float = 0.95  # AdamW's average of squared gradients
+    grad_clip: float = 1.0  # largest gradient norm; 0 disables clipping
+    decay_lr: bool = True  # warm up, then cosine decay; false keeps learning_rate constant
+    warmup_iters: int = 100  # steps of linear warmup
     lr_decay_iters: int = 5000  # cosine decay ends here, then the rate stays at min_lr
-    min_lr: float = 6e-5
+    min_lr: float = 6e-5  # the rate at the end of the decay
     # hardware
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bf16 where native, fp16 on older GPUs, else fp32) | float32 | bfloat16 | float16
     compile: str = "auto"  # auto (on for CUDA GPUs) | true | false: torch.compile the model
     deterministic: bool = False  # deterministic kernels: resumed CUDA runs repeat to the last bit, slower
-    seed: int = 1337
+    seed: int = 1337  # seed of the weights, batches and dropout
 
     def __post_init__(self):
         for key in ("eval_interval", "eval_iters", "log_interval", "checkpoint_interval", "batch_size",
@@ -201,14 +204,27 @@ def load_settings(args):
         raise UserError(str(e)) from None
 
 
+def descriptions(cls):
+    """{setting: the comment beside it in cls's source}: each setting is described once, where it is defined."""
+    out, name = {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and name is None and tok.start[1] == 4:  # a field, at the class's indent
+            name = tok.string
+        elif tok.type == tokenize.COMMENT and name is not None and tok.start[1] > 4:
+            out[name] = tok.string.lstrip("#").strip()
+        elif tok.type in (tokenize.NEWLINE, tokenize.NL):
+            name = None
+    return out
+
+
 def help_text():
     lines = ["usage: python train.py [CONFIG_FILE] [--key=value ...]", "",
              "A config file assigns settings (see config/); --key=value and --key value override them.", ""]
     for title, cls, keys in (("model (GPTConfig)", GPTConfig, MODEL_KEYS), ("training (TrainConfig)", TrainConfig, TRAIN_KEYS)):
         lines.append(f"{title}:")
-        defaults = cls()
+        defaults, about = cls(), descriptions(cls)
         for key in keys:
-            lines.append(f"  --{key:<28} {FIELD_TYPES[key].__name__:<6} default {getattr(defaults, key)!r}")
+            lines.append(f"  --{key:<28} {FIELD_TYPES[key].__name__:<6} default {getattr(defaults, key)!r:<22} "
+                         f"{about.get(key, '')}".rstrip())
         lines.append("")
     return "\n".join(lines)
-

@@ -8,7 +8,6 @@
 `python train.py --help` lists every setting. One flat loop: evaluate, save,
 take an optimizer step; the last step always evaluates and saves.
 """
-import json
 import math
 import os
 import sys
@@ -17,17 +16,15 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from checkpoint import (BEST, LAST, LastCheckpoint, check_vocabulary, check_writable, load_model,
-                        load_resume_state, rank_rng, report_changes, restore_optimizer, rng_state,
-                        save_checkpoint, set_rng_state)
-from common import (Distributed, UserError, autocast, flops_per_token, lost_peer, mfu, peak_flops, pick_device,
-                    pick_dtype, run_main, setup_distributed)
+from checkpoint import (BEST, LAST, LastCheckpoint, check_writable, gpt2_weights, load_resume_state, rank_rng,
+                        report_changes, restore_optimizer, rng_state, save_checkpoint, set_rng_state)
+from common import UserError, autocast, mfu, peak_flops, pick_device, pick_dtype, run_main
+from eval import MetricsLog, TrainingPlot, evaluate_checkpoint, format_figures, loss_figures, start_wandb
 from model import build_model
-from optim import build_optimizer
-from plot import MetricsLog, TrainingPlot, format_figures, loss_figures, start_wandb
+from optim import build_optimizer, lost_peer, setup_distributed
 from settings import help_text, load_settings
+from tokenizer import bytes_per_token, check_long_enough, load_dataset
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation's generator: a stream apart from every rank's training one
 
@@ -42,28 +39,6 @@ def get_lr(step, cfg):
         return cfg.min_lr
     progress = (step - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def load_dataset(cfg):
-    """The dataset's metadata and its two token splits, each a list of memory-mapped files:
-    train.bin and val.bin for one text, the shards of a corpus."""
-    folder = os.path.join(cfg.data_root, cfg.dataset)
-    meta_path = os.path.join(folder, "meta.json")
-    if not os.path.isfile(meta_path):
-        raise UserError(f"no prepared data in {folder}; run python prepare.py "
-                        f"(or python prepare.py --input FILE --name {cfg.dataset})")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    splits = {}
-    for split in ("train", "val"):
-        files = [s["file"] for s in meta["shards"][split]] if "shards" in meta else [f"{split}.bin"]
-        splits[split] = []
-        for name in files:
-            path = os.path.join(folder, name)
-            if not os.path.isfile(path):
-                raise UserError(f"{path} is missing; run python prepare.py again")
-            splits[split].append(np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r"))
-    return meta, splits
 
 
 class Batches:
@@ -112,38 +87,6 @@ def estimate_loss(model, batches, eval_iters, ctx, ddp):
     return out
 
 
-@torch.no_grad()
-def evaluate_split(model, data, block_size, batch_size, device, ctx, ddp=Distributed()):
-    """Mean loss over every next-token target of a split (a token file or a list of shards), each
-    scored once: the same figure every time.
-
-    Consecutive windows of block_size targets; the tail too short for a window is
-    scored in one last window ending at the shard's end, counting only its new
-    targets. Under torchrun the windows are shared out among the processes.
-    """
-    model.eval()
-    T, shards = block_size, data if isinstance(data, list) else [data]
-    windows = []  # (shard, first token, targets at its start that an earlier window scored)
-    for i, shard in enumerate(shards):
-        n_targets = len(shard) - 1
-        windows += [(i, s, 0) for s in range(0, n_targets - T + 1, T)]
-        if n_targets % T and n_targets >= T:
-            windows.append((i, n_targets - T, T - n_targets % T))
-    total = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
-    mine = windows[ddp.rank::ddp.world_size]
-    for first in range(0, len(mine), batch_size):
-        rows = mine[first:first + batch_size]
-        tokens = np.stack([shards[i][s:s + T + 1] for i, s, _ in rows]).astype(np.int64)
-        tokens = torch.from_numpy(tokens).to(device)
-        with ctx:
-            logits, _ = model(tokens[:, :-1])
-        losses = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (B, T)
-        for row, (_, _, seen) in enumerate(rows):
-            losses[row, :seen] = 0.0  # targets the previous window already scored
-        total += losses.sum()
-    return (ddp.sum(total) / sum(len(s) - 1 for s in shards if len(s) > T)).item()
-
-
 def optimizer_step(model, optimizer, micro_batches, ctx, scaler, grad_clip, sync=None):
     """One optimizer step over a list of (x, y) micro-batches; returns the mean loss (a tensor).
 
@@ -175,7 +118,7 @@ def init_model(cfg, model_cfg, meta, ddp):
         return build_model(replace(model_cfg, vocab_size=meta["vocab_size"])), None
     if cfg.init_from == "resume":
         return load_resume_state(cfg, model_cfg, meta)
-    model = gpt2_weights(cfg, meta, ddp, model_cfg.dropout)  # anything else names GPT-2's weights
+    model = gpt2_weights(cfg.init_from, meta, cfg.dataset, ddp, model_cfg.dropout)  # anything else: GPT-2's
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} tokens but {cfg.init_from} knows "
                         f"{model.config.vocab_size}; use a GPT-2 model with the full vocabulary")
@@ -185,24 +128,6 @@ def init_model(cfg, model_cfg, meta, ddp):
     if model_cfg.block_size < model.config.block_size:
         model.crop_block_size(model_cfg.block_size)  # fine-tune on shorter windows: faster, less memory
     return model, None
-
-
-def gpt2_weights(cfg, meta, ddp, dropout=0.0):
-    """GPT-2's weights that init_from names, on the CPU: the data is checked before a download,
-    and one process per machine downloads while the others wait, then read the cache."""
-    if meta["tokenizer"] != "gpt2":
-        raise UserError(f"GPT-2's weights need GPT-2 tokens, but dataset {cfg.dataset} is {meta['tokenizer']}-level; "
-                        f"prepare it with python prepare.py --tokenizer gpt2")
-    from gpt2 import load_pretrained, resolve
-    if ddp.local_rank == 0:
-        resolve(cfg.init_from)
-    ddp.barrier()
-    return load_pretrained(cfg.init_from, dropout=dropout)
-
-
-def bytes_per_token(meta):
-    """UTF-8 bytes per token of the val split, for bits per byte; None for data prepared without them."""
-    return meta["val_bytes"] / meta["val_tokens"] if meta.get("val_bytes") else None
 
 
 def set_up_device(device, cfg):
@@ -236,9 +161,7 @@ def resume_progress(state, cfg, model_cfg, optimizer, scaler, generators, ddp):
     path = os.path.join(cfg.out_dir, LAST)
     restore_optimizer(state, optimizer, scaler, path, cfg.optimizer)
     step = state["iter_num"]
-    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
-    progress = Progress(step, state["best_val_loss"], state.get("tokens", step * tokens_per_step),
-                        state.get("elapsed", 0.0))
+    progress = Progress(step, state["best_val_loss"], state["tokens"], state["elapsed"])
     saved = rank_rng(state, ddp.rank, ddp.world_size)
     if saved is None:  # another number of processes: fresh streams, distinct for every rank
         fresh = cfg.seed + ddp.rank + step * ddp.world_size
@@ -257,14 +180,14 @@ def resume_progress(state, cfg, model_cfg, optimizer, scaler, generators, ddp):
 class Report:
     """What rank 0 prints and logs: timings, evaluations, metrics.jsonl and its plot. Other ranks stay quiet."""
 
-    def __init__(self, cfg, model_cfg, meta, n_params, device, dtype, ddp, progress, resumed):
+    def __init__(self, cfg, model_cfg, meta, n_params, flops_per_token, device, dtype, ddp, progress, resumed):
         self.cfg, self.meta, self.on = cfg, meta, ddp.rank == 0
         self.tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
         self.elapsed_before, self.t_start = progress.elapsed_before, time.perf_counter()
         self.t_last, self.steps_timed, self.recent_ms, self.pause_s = self.t_start, 0, [], 0.0
         if not self.on:
             return
-        self.flops_tok = flops_per_token(model_cfg, n_params)
+        self.flops_tok = flops_per_token
         # tokens/s counts every process, each with a device (or CPU threads) of its own
         peak = peak_flops(device, dtype)
         self.peak = peak * ddp.world_size if peak else None
@@ -317,13 +240,6 @@ class Report:
                        tokens_per_sec=tok_s, mfu=util, elapsed=self.elapsed())
 
 
-def check_splits(splits, block_size):
-    for split, shards in splits.items():
-        if max(len(s) for s in shards) <= block_size + 1:
-            raise UserError(f"the {split} split has {sum(len(s) for s in shards)} tokens, too few for block_size "
-                            f"{block_size}; use a longer text or a smaller --block_size")
-
-
 def train(cfg, model_cfg):
     """Run training as cfg says; returns {'losses': [...], 'best_val_loss': ...} on rank 0."""
     ddp = setup_distributed(cfg)
@@ -332,15 +248,18 @@ def train(cfg, model_cfg):
     dtype = pick_dtype(cfg.dtype, device)
     ctx = autocast(device, dtype)
     set_up_device(device, cfg)
-    meta, splits = load_dataset(cfg)
-    if cfg.eval_only:
-        return run_eval_only(cfg, meta, splits, device, ctx, ddp)
+    meta, splits = load_dataset(cfg.data_root, cfg.dataset)
+    if cfg.eval_only:  # score a checkpoint on the whole val split instead (eval.py)
+        figures = evaluate_checkpoint(cfg, meta, splits, device, ctx, ddp)
+        ddp.cleanup()
+        return figures
     if master:
         check_writable(cfg.out_dir)
     torch.manual_seed(cfg.seed + ddp.rank)
     model, state = init_model(cfg, model_cfg, meta, ddp)
     model, model_cfg = model.to(device), model.config
-    check_splits(splits, model_cfg.block_size)
+    for split, shards in splits.items():
+        check_long_enough(shards, model_cfg.block_size, f"the {split} split")
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     optimizer = build_optimizer(model, cfg)
     # Separate generators: changing the eval cadence never changes the training batches.
@@ -354,7 +273,8 @@ def train(cfg, model_cfg):
     resumed, tokenizer_meta = state is not None, {k: meta[k] for k in ("tokenizer", "vocab_size", "chars") if k in meta}
     del state
     step_model = compiled_for_training(model, ddp, cfg.compiles(device))
-    report = Report(cfg, model_cfg, meta, model.num_params(), device, dtype, ddp, progress, resumed)
+    report = Report(cfg, model_cfg, meta, model.num_params(), model.flops_per_token(), device, dtype, ddp, progress,
+                    resumed)
     last = LastCheckpoint(os.path.join(cfg.out_dir, LAST), progress.start_step if resumed else None)
     pending, losses = [], {}  # pending: (step, loss tensor) not yet read, since reading waits for the device
 
@@ -431,31 +351,6 @@ def stop(cfg, last, what, value, step):
     raise UserError(f"{what} became {value} at iteration {step}; stopped without saving these weights. "
                     f"{kept} in {cfg.out_dir} are kept: lower learning_rate or check the data, "
                     "then --init_from=resume")
-
-
-def run_eval_only(cfg, meta, splits, device, ctx, ddp):
-    """--eval_only: the whole val split, every target once, so the figure is repeatable.
-
-    It scores out_dir/ckpt.pt, or GPT-2's weights as released when init_from names them.
-    """
-    if cfg.init_from in ("scratch", "resume"):
-        path = os.path.join(cfg.out_dir, BEST)
-        model, _, ckpt = load_model(path)
-        check_vocabulary(ckpt, meta, cfg.dataset, path, "evaluate")
-    else:
-        path, model, ckpt = cfg.init_from, gpt2_weights(cfg, meta, ddp).eval(), {}
-    block_size, val = model.config.block_size, splits["val"]
-    if max(len(s) for s in val) <= block_size:
-        raise UserError(f"the val split of {cfg.dataset} has {sum(len(s) for s in val)} tokens, too few for the "
-                        f"checkpoint's block_size {block_size}; evaluate on a dataset with a longer val split")
-    loss = evaluate_split(model.to(device), val, block_size, cfg.batch_size, device, ctx, ddp)
-    figures = loss_figures(loss, meta["tokenizer"], bytes_per_token(meta))
-    if ddp.rank == 0:
-        scored = sum(len(s) - 1 for s in val if len(s) > block_size)  # a shard shorter than a window is left out
-        print(f"val loss {format_figures(figures)} over all {scored:,} targets of {cfg.dataset} "
-              f"({path}, iteration {ckpt.get('iter_num', '?')})")
-    ddp.cleanup()
-    return figures
 
 
 def main(argv=None):

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
-from plot import current_records, read_metrics  # noqa: E402
+from eval import current_records, read_metrics  # noqa: E402
 from settings import load_settings  # noqa: E402
 
 RECIPE = os.path.join(ROOT, "config", "shakespeare_char.py")

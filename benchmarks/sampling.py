@@ -25,9 +25,9 @@ sys.path.insert(0, ROOT)
 
 from checkpoint import save_checkpoint  # noqa: E402
 from common import pick_dtype  # noqa: E402
-from generate import generate_tokens  # noqa: E402
+from model import generate_tokens  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from prepare import CharTokenizer  # noqa: E402
+from tokenizer import CharTokenizer  # noqa: E402
 
 # Tiny Shakespeare's 65 characters, so sample.py's default prompt (a newline) is in the vocabulary.
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

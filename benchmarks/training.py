@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import autocast, flops_per_token, mfu, peak_flops, pick_device, pick_dtype, synchronize  # noqa: E402
+from common import autocast, mfu, peak_flops, pick_device, pick_dtype, synchronize  # noqa: E402
 from model import build_model  # noqa: E402
 from optim import build_optimizer  # noqa: E402
 from settings import load_settings  # noqa: E402
@@ -80,7 +80,7 @@ def main():
     for _ in range(args.iters):
         for path in paths:  # alternate, so drifts in machine speed hit every path alike
             path.times.append(path.step())
-    flops_tok = flops_per_token(model_cfg, paths[0].model.num_params())
+    flops_tok = paths[0].model.flops_per_token()
     ms = {}
     for path in paths:
         ms[path.name] = statistics.median(path.times) * 1000

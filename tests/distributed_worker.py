@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-import common
+import optim
 import train
 from common import run_main
 from model import GPTConfig, build_model
@@ -40,7 +40,7 @@ def fresh_model_and_optimizer():
 
 
 def one_step(k, out_path):
-    ddp = common.setup_distributed(SimpleNamespace(gradient_accumulation_steps=2 * k, device="cpu", eval_only=False))
+    ddp = optim.setup_distributed(SimpleNamespace(gradient_accumulation_steps=2 * k, device="cpu", eval_only=False))
     model, optimizer = fresh_model_and_optimizer()
     ddp_model = ddp.wrap(model)
     all_reduces = []

@@ -16,7 +16,7 @@ import train
 from checkpoint import load_checkpoint
 from conftest import OUT_FILES, ROOT, TINY_MODEL, run_script
 from common import UserError, run_main
-from plot import current_records, read_metrics
+from eval import current_records, read_metrics
 from prepare import prepare
 from test_scripts import assert_one_line_error
 
@@ -256,3 +256,19 @@ def test_cuda_asked_for_without_a_gpu(workdir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="no CUDA GPU; use --device=cpu"):
         run_train(workdir, monkeypatch, "--max_iters=1", "--device=cuda")
+
+
+def test_files_of_an_earlier_layout_are_refused_with_one_line(trained, monkeypatch):
+    best = load_checkpoint(trained / "out" / "ckpt.pt")
+    vocab = best["model_config"]["vocab_size"]
+    for key in ("wte.weight", "lm_head.weight"):  # as written before vocabularies were padded to 64
+        best["model"][key] = best["model"][key][:vocab].clone()
+    torch.save(best, trained / "out" / "ckpt.pt")
+    assert_one_line_error(run_script("sample.py", "--out_dir=out", "--device=cpu", cwd=trained, check=False),
+                          "written by an earlier version of this project", "train the model again")
+    last = load_checkpoint(trained / "out" / "last.pt")
+    del last["tokens"], last["elapsed"]  # as written before runs counted their tokens and time
+    torch.save(last, trained / "out" / "last.pt")
+    with pytest.raises(UserError, match=r"holds no training state to resume from \(no tokens, elapsed\)"):
+        run_train(trained, monkeypatch, "--max_iters=4", "--init_from=resume")
+

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+import corpus
 import prepare
 import train
 from checkpoint import load_checkpoint
 from common import UserError
 from conftest import ROOT, TINY_MODEL, TINY_TEXT
-from plot import current_records, read_metrics
-from prepare import Corpus, GPT2Tokenizer, prepare_corpus
+from eval import current_records, read_metrics
+from corpus import Corpus, prepare_corpus
+from tokenizer import GPT2Tokenizer
 
 SHARDS = dict(shard_tokens=400, val_tokens=300)
 
@@ -64,7 +66,7 @@ def test_jsonl_files_become_shards_of_every_document_in_order(corpus_dir):
 
 def test_two_workers_write_the_same_shards_as_one(corpus_dir, monkeypatch):
     tmp_path, docs = corpus_dir
-    monkeypatch.setattr(prepare, "TASK_CHARS", 500)  # many small tasks, so both workers get some
+    monkeypatch.setattr(corpus, "TASK_CHARS", 500)  # many small tasks, so both workers get some
     for workers in (1, 2):
         prepare_corpus(Corpus(str(tmp_path / "corpus" / "*.jsonl")), f"w{workers}", str(tmp_path / "data"),
                        workers=workers, **SHARDS)
@@ -119,10 +121,10 @@ def test_a_bad_document_stops_the_run_or_is_skipped(corpus_dir, capsys):
 
 def test_a_stopped_run_continues_from_its_finished_shards(corpus_dir, monkeypatch):
     tmp_path, docs = corpus_dir
-    monkeypatch.setattr(prepare, "TASK_CHARS", 700)  # shards end inside tasks: the rerun starts mid-task
+    monkeypatch.setattr(corpus, "TASK_CHARS", 700)  # shards end inside tasks: the rerun starts mid-task
     prepare_corpus(Corpus(str(tmp_path / "corpus")), "whole", str(tmp_path / "data"), workers=1, **SHARDS)
 
-    real_write, writes = prepare.Shards.write, []
+    real_write, writes = corpus.Shards.write, []
 
     def killed_after_three(self, next_start):
         if len(writes) == 3:
@@ -130,16 +132,16 @@ def test_a_stopped_run_continues_from_its_finished_shards(corpus_dir, monkeypatc
         writes.append(1)
         real_write(self, next_start)
 
-    monkeypatch.setattr(prepare.Shards, "write", killed_after_three)
+    monkeypatch.setattr(corpus.Shards, "write", killed_after_three)
     with pytest.raises(KeyboardInterrupt):
         prepare_corpus(Corpus(str(tmp_path / "corpus")), "stopped", str(tmp_path / "data"), workers=1, **SHARDS)
-    monkeypatch.setattr(prepare.Shards, "write", real_write)
+    monkeypatch.setattr(corpus.Shards, "write", real_write)
     folder = tmp_path / "data" / "stopped"
     finished = {name: os.stat(folder / name).st_mtime_ns for name in os.listdir(folder) if name.endswith(".bin")}
     assert len(finished) == 3 and not (folder / "meta.json").exists()
     tokenized = []
-    real_tokenize = prepare.tokenize_task
-    monkeypatch.setattr(prepare, "tokenize_task", lambda task: tokenized.append(1) or real_tokenize(task))
+    real_tokenize = corpus.tokenize_task
+    monkeypatch.setattr(corpus, "tokenize_task", lambda task: tokenized.append(1) or real_tokenize(task))
     prepare_corpus(Corpus(str(tmp_path / "corpus")), "stopped", str(tmp_path / "data"), workers=1, **SHARDS)
     assert all(os.stat(folder / name).st_mtime_ns == t for name, t in finished.items())  # not written again
     whole = shard_tokens(tmp_path / "data" / "whole")[1]
@@ -229,7 +231,7 @@ def test_reruns_reuse_only_the_shards_that_still_fit(corpus_dir, capsys):
 
 def test_a_document_longer_than_a_task_is_tokenized_as_a_whole(corpus_dir, monkeypatch):
     tmp_path, docs = corpus_dir
-    monkeypatch.setattr(prepare, "TASK_CHARS", 50)  # every document is cut into many pieces
+    monkeypatch.setattr(corpus, "TASK_CHARS", 50)  # every document is cut into many pieces
     long = " ".join(docs)  # words, runs of newlines, punctuation, double spaces
     (tmp_path / "long").mkdir()
     write_jsonl(tmp_path / "long" / "one.jsonl", [long + "  end  of  it"])

@@ -1,63 +1,111 @@
-"""The paths of GPUs, Macs and torchrun launchers, exercised on a CPU with the device's answers patched."""
-import datetime
-import os
+"""Devices and their precision, on a CPU with the device's answers patched: what dtype and compile
+setting each device gets, the switches a GPU run sets, and the throughput arithmetic (MFU)."""
+import math
 
 import pytest
 import torch
 
-import checkpoint
 import common
-import generate
 import train
-from common import Distributed, UserError, process_device, setup_distributed
-from conftest import TINY_MODEL
-from model import GPT, GPTConfig, angle_dtype, rotary_cos_sin
+from common import UserError, autocast, gpu_peak_flops, mfu, pick_dtype
+from model import GPT, GPTConfig
 from settings import TrainConfig
+from train import optimizer_step
 
-CUDA = torch.device("cuda")
-
-
-@pytest.mark.parametrize("visible, local_rank, expected", [(8, 3, 3), (1, 3, 0), (1, 0, 0), (4, 0, 0)])
-def test_a_process_takes_its_local_ranks_gpu_or_the_one_it_was_shown(monkeypatch, visible, local_rank, expected):
-    # Slurm and Kubernetes often show each process one GPU: LOCAL_RANK 3 then owns cuda:0.
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
-    assert process_device(CUDA, local_rank) == torch.device("cuda", expected)
+CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 
 
-def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(UserError, match="local rank 3 has no GPU of its own"):
-        process_device(CUDA, 3)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU that every process sees
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with pytest.raises(UserError, match="local rank 1 has no GPU of its own"):
-        process_device(CUDA, 1)
-    assert process_device(torch.device("cpu"), 3) == torch.device("cpu")
+def test_cuda_gets_bf16_where_computed_in_hardware_else_fp16(monkeypatch):
+    def ampere(including_emulation=True):
+        return True
+
+    def volta(including_emulation=True):  # V100, T4, RTX 20xx: bf16 only emulated
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", ampere)
+    assert pick_dtype("auto", CUDA) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", volta)
+    assert pick_dtype("auto", CUDA) == torch.float16
 
 
-def test_the_process_group_waits_an_hour_for_rank_0s_checkpoints(monkeypatch):
-    seen = {}
-    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kwargs: seen.update(kwargs))
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    ddp = setup_distributed(TrainConfig(device="cpu", gradient_accumulation_steps=2))
-    assert (ddp.rank, ddp.world_size, seen["backend"]) == (1, 2, "gloo")
-    assert seen["timeout"] == common.COLLECTIVE_TIMEOUT >= datetime.timedelta(minutes=60)
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_gets_bf16_only_with_native_bf16_matmul(monkeypatch, native):
+    monkeypatch.setattr(common, "cpu_has_bf16_matmul", lambda: native)
+    assert pick_dtype("auto", CPU) == (torch.bfloat16 if native else torch.float32)
 
 
-def test_the_model_is_wrapped_in_ddp_before_it_is_compiled(monkeypatch):
-    order = []
+def test_bf16_instructions_count_only_where_pytorch_uses_them(monkeypatch):
+    # ATEN_CPU_CAPABILITY=avx2 holds PyTorch to AVX2 kernels, as on a CPU without bf16.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not common.cpu_has_bf16_matmul()
 
-    class FakeDDP(Distributed):
-        def wrap(self, model):
-            order.append("ddp")
-            return ("wrapped", model)
 
-    monkeypatch.setattr(torch, "compile", lambda model: order.append(("compile", model)) or model)
-    train.compiled_for_training("model", FakeDDP(), True)
-    assert order == ["ddp", ("compile", ("wrapped", "model"))]
+@pytest.mark.parametrize("macos_14, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_macs_get_bf16_from_macos_14(monkeypatch, macos_14, expected):
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos_14)
+    assert pick_dtype("auto", MPS) == expected
+
+
+def test_explicit_dtype_names_win():
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        assert pick_dtype(name, CPU) == dtype and pick_dtype(name, CUDA) == dtype and pick_dtype(name, MPS) == dtype
+    with pytest.raises(UserError, match="unknown dtype"):
+        pick_dtype("fp8", CPU)
+
+
+def test_autocast_runs_matmuls_in_the_chosen_dtype():
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    with autocast(CPU, torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+    with autocast(CPU, torch.float32):
+        assert (a @ b).dtype == torch.float32
+
+
+def train_losses(dtype, steps=30):
+    """Losses of `steps` optimizer steps on one fixed batch, from the same initial weights."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=64, block_size=32))
+    optimizer = model.configure_optimizer(3e-3, 0.1, (0.9, 0.99))
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+    batch = torch.randint(0, 65, (4, 33), generator=torch.Generator().manual_seed(1))
+    micro = [(batch[:, :-1], batch[:, 1:])]
+    return [optimizer_step(model, optimizer, micro, autocast(CPU, dtype), scaler, 1.0).item() for _ in range(steps)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_mixed_precision_step_lowers_the_loss_like_fp32(dtype):
+    fp32, mixed = train_losses(torch.float32), train_losses(dtype)
+    assert all(math.isfinite(x) for x in mixed)
+    assert abs(mixed[0] - fp32[0]) < 0.05  # the same model and batch: only rounding differs
+    assert mixed[-1] < mixed[0] - 1.0 and fp32[-1] < fp32[0] - 1.0  # both learn the batch
+    assert abs(mixed[-1] - fp32[-1]) < 0.25 * fp32[0]
+
+
+def test_flops_per_token_of_gpt2_small():
+    config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = GPT(config)
+        n = model.num_params()
+    # GPT-2 small (124.4M) without its position table, with 47 rows of padding (50,304 - 50,257)
+    assert n == 124_439_808 - 1024 * 768 + 47 * 768
+    # 6N for the weights plus 12 * layers * width * context for attention: 742.1M + 113.2M
+    assert model.flops_per_token() == 6 * n + 12 * 12 * 768 * 1024 == 855_383_040
+
+
+def test_mfu_is_achieved_flops_over_peak():
+    # 10,000 tokens/s at 1e9 FLOPs each is 1e13 FLOP/s: 5% of a 2e14 peak.
+    assert mfu(10_000, 1e9, 2e14) == pytest.approx(0.05)
+    assert mfu(10_000, 1e9, None) is None
+
+
+def test_gpu_peaks_match_the_names_cards_report():
+    assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12  # SXM
+    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12 and gpu_peak_flops("NVIDIA H100 NVL") == 835e12
+    assert gpu_peak_flops("NVIDIA H200") == 989e12 and gpu_peak_flops("NVIDIA H200 NVL") == 835e12
+    assert gpu_peak_flops("NVIDIA GH200 480GB") == 989e12  # Grace Hopper: an H100-class GPU
+    assert gpu_peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+    assert gpu_peak_flops("NVIDIA L40S") == 362e12 and gpu_peak_flops("NVIDIA L4") == 121e12
+    assert gpu_peak_flops("Some Future GPU") is None
 
 
 @pytest.mark.parametrize("capability, triton, expected", [((8, 0), True, True), ((6, 0), True, False),
@@ -84,117 +132,3 @@ def test_cuda_runs_allow_tf32_and_deterministic_runs_ask_for_it():
     finally:
         torch.set_float32_matmul_precision(precision)
         torch.use_deterministic_algorithms(deterministic)
-
-
-def test_rotary_angles_are_float32_where_the_device_has_no_float64():
-    assert angle_dtype(torch.device("mps")) == torch.float32
-    assert angle_dtype(torch.device("cpu")) == angle_dtype(CUDA) == torch.float64
-    cos, sin = rotary_cos_sin(torch.arange(4), 8)
-    assert cos.dtype == sin.dtype == torch.float32 and cos.shape == (4, 4)
-
-
-def test_resuming_reads_the_checkpoint_into_cpu_memory(workdir, monkeypatch):
-    """Loaded onto a GPU, the saved generator states would arrive as GPU tensors, which
-    torch.Generator.set_state refuses. Here any load not to the CPU lands on the meta device."""
-    monkeypatch.chdir(workdir)
-    args = ["--dataset=tiny", "--out_dir=out", "--eval_interval=2", "--checkpoint_interval=2", *TINY_MODEL]
-    train.main([*args, "--max_iters=2"])
-    real_load = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, map_location=None, **k: real_load(
-        *a, map_location="cpu" if map_location == "cpu" else "meta", **k))
-    assert len(train.main([*args, "--max_iters=4", "--init_from=resume"])["losses"]) == 2
-
-
-def test_the_random_state_of_this_processs_gpu_alone_is_saved_and_restored(monkeypatch):
-    saved, restored = {}, []
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved.setdefault(device, torch.full((4,), 7,
-                                                                                       dtype=torch.uint8)))
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((device, state)))
-    gpu3 = torch.device("cuda", 3)
-    state = checkpoint.rng_state(gpu3)
-    assert list(saved) == [gpu3] and torch.equal(state["cuda"], saved[gpu3])
-    checkpoint.set_rng_state(state, gpu3)
-    assert restored[-1][0] == gpu3 and torch.equal(restored[-1][1], saved[gpu3])
-    # Earlier versions saved every visible GPU's state: a machine with fewer GPUs takes its own, or none.
-    old = dict(state, cuda=[torch.zeros(4, dtype=torch.uint8), torch.ones(4, dtype=torch.uint8)])
-    checkpoint.set_rng_state(old, torch.device("cuda", 1))
-    assert torch.equal(restored[-1][1], torch.ones(4, dtype=torch.uint8))
-    count = len(restored)
-    checkpoint.set_rng_state(old, gpu3)
-    assert len(restored) == count
-
-
-def test_evaluation_waits_for_the_device_once_per_split(workdir, monkeypatch):
-    from train import Batches, load_dataset
-    cfg = TrainConfig(dataset="tiny", data_root=str(workdir / "data"), batch_size=2)
-    _, splits = load_dataset(cfg)
-    model = GPT(GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, block_size=8))
-    gen = torch.Generator().manual_seed(0)
-    batches = {s: Batches(splits[s], 8, 2, torch.device("cpu"), gen) for s in splits}
-    reads, real_item = [], torch.Tensor.item
-    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or real_item(t))
-    losses = train.estimate_loss(model, batches, 5, torch.autocast("cpu", enabled=False), Distributed())
-    assert set(losses) == {"train", "val"} and len(reads) == 2
-
-
-def test_generation_scores_the_prompts_last_position_only():
-    model = GPT(GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, block_size=32)).eval()
-    rows = []
-    model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[1]))
-    list(generate.generate_tokens(model, torch.zeros(2, 20, dtype=torch.long), 3))
-    assert rows == [1, 1, 1]  # the 20-token prompt, then two steps (the third token needs no logits)
-
-
-def test_weights_are_cast_before_they_move(tmp_path, monkeypatch):
-    from dataclasses import asdict
-    from checkpoint import save_checkpoint
-    from prepare import CharTokenizer
-    model = GPT(GPTConfig(vocab_size=3, n_layer=1, n_head=2, n_embd=16, block_size=8))
-    save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config),
-                     "tokenizer": CharTokenizer("abc").to_meta()}, str(tmp_path / "ckpt.pt"))
-    moves, real_to = [], torch.nn.Module.to
-    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moves.append(a) or real_to(self, *a, **k))
-    generate.load(str(tmp_path), device="cpu", dtype="bfloat16")
-    assert moves == [(torch.bfloat16,), (torch.device("cpu"),)]  # half the bytes cross to a GPU
-
-
-def test_one_process_per_machine_downloads_gpt2(monkeypatch):
-    import gpt2
-    calls = []
-    monkeypatch.setattr(gpt2, "resolve", lambda source: calls.append(("resolve", source)))
-    monkeypatch.setattr(gpt2, "load_pretrained", lambda source, dropout: calls.append("load") or GPT(
-        GPTConfig(vocab_size=50257, n_layer=1, n_head=2, n_embd=16, block_size=8)))
-
-    class Rank(Distributed):
-        def barrier(self):
-            calls.append("barrier")
-
-    meta = {"tokenizer": "gpt2", "vocab_size": 50257}
-    cfg, model_cfg = TrainConfig(init_from="gpt2"), GPTConfig(block_size=8)
-    train.init_model(cfg, model_cfg, meta, Rank(rank=1, local_rank=1, world_size=2))
-    assert calls == ["barrier", "load"]
-    calls.clear()
-    train.init_model(cfg, model_cfg, meta, Rank(rank=2, local_rank=0, world_size=4))
-    assert calls == [("resolve", "gpt2"), "barrier", "load"]
-
-
-def test_gpt2_downloads_into_files_of_unique_names(tmp_path, monkeypatch):
-    import gpt2
-    names = []
-    real_mkstemp = gpt2.tempfile.mkstemp
-    monkeypatch.setattr(gpt2.tempfile, "mkstemp", lambda **k: names.append(k) or real_mkstemp(**k))
-    monkeypatch.setattr(gpt2, "HUB_URL", (tmp_path / "nowhere").as_uri() + "/{name}/{file}")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(UserError):
-        gpt2.download("gpt2")
-    assert names and names[0]["dir"] == str(tmp_path / "cache" / "scratchgpt" / "gpt2")
-    assert os.listdir(names[0]["dir"]) == []  # the failed download's file is gone
-
-
-def test_the_mps_generator_is_saved_and_restored(monkeypatch):
-    state, restored = torch.arange(8, dtype=torch.uint8), []
-    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: state)
-    monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: restored.append(s))
-    saved = checkpoint.rng_state(torch.device("mps"))
-    checkpoint.set_rng_state(saved, torch.device("mps"))
-    assert torch.equal(saved["mps"], state) and torch.equal(restored[0], state)

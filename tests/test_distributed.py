@@ -1,4 +1,5 @@
 """Data-parallel training under torchrun on CPU (gloo): logs once, matches one process, resumes, fails cleanly."""
+import datetime
 import os
 import signal
 import socket
@@ -10,11 +11,17 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import optim
 import train
 from checkpoint import load_checkpoint
+from common import UserError
 from conftest import OUT_FILES, ROOT, TINY_MODEL, run_script
 from distributed_worker import fixed_batches, fresh_model_and_optimizer
-from plot import current_records, read_metrics
+from eval import current_records, read_metrics
+from optim import Distributed, process_device, setup_distributed
+from settings import TrainConfig
+
+CUDA = torch.device("cuda")
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="this torch has no gloo backend")
@@ -172,3 +179,46 @@ def test_eval_only_shares_the_split_and_reports_once(workdir, monkeypatch, capsy
     lines = [line for line in result.stdout.splitlines() if line.startswith("val loss")]
     assert len(lines) == 1 and f"{alone['loss']:.4f}" in lines[0]  # every target once, over both processes
     assert "destroy_process_group" not in result.stderr  # the process group was taken down
+
+
+@pytest.mark.parametrize("visible, local_rank, expected", [(8, 3, 3), (1, 3, 0), (1, 0, 0), (4, 0, 0)])
+def test_a_process_takes_its_local_ranks_gpu_or_the_one_it_was_shown(monkeypatch, visible, local_rank, expected):
+    # Slurm and Kubernetes often show each process one GPU: LOCAL_RANK 3 then owns cuda:0.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    assert process_device(CUDA, local_rank) == torch.device("cuda", expected)
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="local rank 3 has no GPU of its own"):
+        process_device(CUDA, 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU that every process sees
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(UserError, match="local rank 1 has no GPU of its own"):
+        process_device(CUDA, 1)
+    assert process_device(torch.device("cpu"), 3) == torch.device("cpu")
+
+
+def test_the_process_group_waits_an_hour_for_rank_0s_checkpoints(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ddp = setup_distributed(TrainConfig(device="cpu", gradient_accumulation_steps=2))
+    assert (ddp.rank, ddp.world_size, seen["backend"]) == (1, 2, "gloo")
+    assert seen["timeout"] == optim.COLLECTIVE_TIMEOUT >= datetime.timedelta(minutes=60)
+
+
+def test_the_model_is_wrapped_in_ddp_before_it_is_compiled(monkeypatch):
+    order = []
+
+    class FakeDDP(Distributed):
+        def wrap(self, model):
+            order.append("ddp")
+            return ("wrapped", model)
+
+    monkeypatch.setattr(torch, "compile", lambda model: order.append(("compile", model)) or model)
+    train.compiled_for_training("model", FakeDDP(), True)
+    assert order == ["ddp", ("compile", ("wrapped", "model"))]

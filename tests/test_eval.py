@@ -1,18 +1,31 @@
-"""HellaSwag scoring: made examples whose right ending a tiny trained model knows, against a hand computation."""
+"""eval.py's scores: the whole val split, each target once (--eval_only), loss in bits, and HellaSwag
+on made examples whose right ending a tiny trained model knows, against a hand computation."""
 import json
+import math
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import eval as evaluation
+import train
 from checkpoint import save_checkpoint
 from common import UserError
-from conftest import run_script
-from model import GPT, GPTConfig
-from prepare import CharTokenizer
+from conftest import TINY_MODEL, run_script
+from eval import loss_figures
+from model import GPT, GPTConfig, build_model
+from prepare import prepare
+from tokenizer import CharTokenizer
 from test_scripts import assert_one_line_error
+
+
+def run_train(workdir, monkeypatch, *extra):
+    """train.main in this process (faster than a subprocess) from workdir, on data/tiny."""
+    monkeypatch.chdir(workdir)
+    return train.main(["--dataset=tiny", "--out_dir=out", "--eval_interval=3", "--checkpoint_interval=3",
+                       *TINY_MODEL, *extra])
 
 TEXT = "the cat sat on the mat. the dog ran to the park. the bird flew over the tree. " * 40
 EXAMPLES = [
@@ -107,3 +120,67 @@ def test_rows_longer_than_the_context_keep_their_last_tokens(memorized):
         expected = -sum(logp[row.shape[1] - 1 - scored + j, row[0, row.shape[1] - scored + j]].item()
                         for j in range(scored))
         assert abs(total[i].item() - expected) < 1e-4, ending
+
+
+def test_eval_only_is_repeatable_and_gives_bpc(workdir, monkeypatch, capsys):
+    run_train(workdir, monkeypatch, "--max_iters=3")
+    first = run_train(workdir, monkeypatch, "--eval_only=true")
+    second = run_train(workdir, monkeypatch, "--eval_only=true", "--batch_size=3")  # other batches, same windows
+    assert first["loss"] == pytest.approx(second["loss"], rel=1e-6)
+    assert run_train(workdir, monkeypatch, "--eval_only=true") == first  # exactly the same figures
+    assert first["bpc"] == pytest.approx(first["loss"] / math.log(2), rel=1e-12)
+    assert first["bpb"] == pytest.approx(first["bpc"])  # ASCII: one byte per character
+    assert "over all 499 targets" in capsys.readouterr().out  # the 500-character val split, every target
+
+
+def test_evaluate_split_scores_every_target_once():
+    """A bigram model's loss at a target depends only on the previous token, so windowing cannot
+    change the exact mean over all (token, next token) pairs; a missed or double-counted target would."""
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(arch="bigram", vocab_size=7, block_size=8))
+    data = np.random.default_rng(0).integers(0, 7, size=8 * 5 + 4).astype(np.uint16)  # 43 targets: a tail of 3
+    with torch.no_grad():
+        logp = torch.log_softmax(model.table.weight, dim=-1)  # (vocab, vocab): row = previous token
+        exact = -logp[data[:-1].astype(np.int64), data[1:].astype(np.int64)].mean().item()
+    for batch_size in (1, 2, 6):
+        got = evaluation.evaluate_split(model, data, 8, batch_size, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+        assert got == pytest.approx(exact, rel=1e-6)
+
+
+def test_bits_per_byte_with_multibyte_characters(workdir, monkeypatch):
+    text = "Ça fait déjà l'été — naïve café, über Grüße: «€100»!\n" * 60
+    (workdir / "multi.txt").write_text(text, encoding="utf-8")
+    meta = prepare(str(workdir / "multi.txt"), "multi", "char", data_root=str(workdir / "data"))
+    val_text = text[meta["train_tokens"]:]  # one token per character
+    assert meta["val_bytes"] == len(val_text.encode("utf-8")) > meta["val_tokens"] == len(val_text)
+
+    monkeypatch.chdir(workdir)
+    common = ["--dataset=multi", "--out_dir=out_multi", *TINY_MODEL]
+    train.main([*common, "--max_iters=2", "--eval_interval=2"])
+    figures = train.main([*common, "--eval_only=true"])
+    assert figures["bpb"] == pytest.approx(figures["bpc"] * meta["val_tokens"] / meta["val_bytes"], rel=1e-12)
+    assert figures["bpb"] < figures["bpc"]
+
+
+def test_eval_only_refuses_another_vocabulary(workdir, monkeypatch):
+    (workdir / "other.txt").write_text("xyz and other letters, quite different: QQQ\n" * 40)
+    prepare(str(workdir / "other.txt"), "other", "char", data_root=str(workdir / "data"))
+    run_train(workdir, monkeypatch, "--max_iters=1")
+    with pytest.raises(UserError, match="different vocabulary"):
+        train.main(["--dataset=other", "--out_dir=out", "--eval_only=true", "--device=cpu"])
+
+
+def test_eval_only_refuses_a_val_split_shorter_than_a_window(workdir, monkeypatch):
+    run_train(workdir, monkeypatch, "--max_iters=1")
+    folder = workdir / "data" / "tiny"
+    np.arange(10, dtype=np.uint16).tofile(folder / "val.bin")  # 10 tokens < block_size 16
+    with pytest.raises(UserError, match="val split of tiny has 10 tokens, too few for block_size 16"):
+        run_train(workdir, monkeypatch, "--eval_only=true")
+
+
+def test_loss_figures():
+    char = loss_figures(2.0, "char", bytes_per_token=1.25)
+    assert char == pytest.approx({"loss": 2.0, "bpc": 2.0 / math.log(2), "bpb": 2.0 / math.log(2) / 1.25})
+    bpe = loss_figures(3.0, "gpt2", bytes_per_token=4.0)
+    assert bpe == pytest.approx({"loss": 3.0, "ppl": math.exp(3.0), "bpb": 3.0 / math.log(2) / 4.0})
+    assert "bpb" not in loss_figures(3.0, "gpt2")  # an old dataset without val_bytes

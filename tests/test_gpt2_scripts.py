@@ -9,7 +9,7 @@ import torch
 from checkpoint import load_checkpoint
 from conftest import TINY_MODEL, TINY_TEXT, run_script, save_tiny_hf_gpt2
 from test_scripts import assert_one_line_error
-from prepare import GPT2Tokenizer, tiktoken_cache_names
+from tokenizer import GPT2Tokenizer, tiktoken_cache_names
 
 
 def test_gpt2_bpe_prepares_trains_and_samples_offline(bpe_workdir):
@@ -82,7 +82,7 @@ def test_bad_init_from_gives_one_line_errors(bpe_workdir, tmp_path, monkeypatch)
     result = run_script(*train, "--init_from=gpt2", cwd=bpe_workdir, check=False)
     note, error = result.stderr.strip().splitlines()  # what it tried, then one line of what to do
     assert result.returncode == 1 and note.startswith("downloading https://huggingface.co/")
-    assert error.startswith("error: could not download") and "--init_from=PATH/TO/FOLDER" in error
+    assert error.startswith("error: download of https://huggingface.co/") and "--init_from=PATH/TO/FOLDER" in error
     assert not list((tmp_path / "cache").rglob("*.part*"))  # the failed download left nothing behind
 
 

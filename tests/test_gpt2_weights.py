@@ -5,11 +5,14 @@ import os
 import pytest
 import torch
 
-import gpt2
+import checkpoint as gpt2
+import train
 from common import UserError
-from gpt2 import load_pretrained
+from checkpoint import load_pretrained
 from model import GPT, GPTConfig
 from conftest import save_tiny_hf_gpt2
+from optim import Distributed
+from settings import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +171,39 @@ def test_crop_block_size_keeps_the_first_positions():
     with pytest.raises(ValueError, match="between 1 and 8"):
         model.crop_block_size(16)
     assert model.generate(x[:1], 20, temperature=0).shape == (1, 28)  # the cache follows the new size
+
+
+def test_one_process_per_machine_downloads_gpt2(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gpt2, "resolve", lambda source: calls.append(("resolve", source)))
+    monkeypatch.setattr(gpt2, "load_pretrained", lambda source, dropout: calls.append("load") or GPT(
+        GPTConfig(vocab_size=50257, n_layer=1, n_head=2, n_embd=16, block_size=8)))
+
+    class Rank(Distributed):
+        def barrier(self):
+            calls.append("barrier")
+
+    meta = {"tokenizer": "gpt2", "vocab_size": 50257}
+    cfg, model_cfg = TrainConfig(init_from="gpt2"), GPTConfig(block_size=8)
+    train.init_model(cfg, model_cfg, meta, Rank(rank=1, local_rank=1, world_size=2))
+    assert calls == ["barrier", "load"]
+    calls.clear()
+    train.init_model(cfg, model_cfg, meta, Rank(rank=2, local_rank=0, world_size=4))
+    assert calls == [("resolve", "gpt2"), "barrier", "load"]
+
+
+def test_gpt2_downloads_into_files_of_unique_names(hf_folder, tmp_path, monkeypatch):
+    """Processes that share a cache folder each write a file of their own, renamed once whole."""
+    folder, _ = hf_folder
+    hub = tmp_path / "hub" / "gpt2"
+    hub.mkdir(parents=True)
+    for file in ("config.json", "model.safetensors"):
+        (hub / file).write_bytes((folder / file).read_bytes())
+    monkeypatch.setattr(gpt2, "HUB_URL", (tmp_path / "hub").as_uri() + "/{name}/{file}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    renames, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: renames.append((str(a), str(b))) or real_replace(a, b))
+    load_pretrained("gpt2")
+    cached = tmp_path / "cache" / "scratchgpt" / "gpt2"
+    assert sorted(b for _, b in renames) == [str(cached / "config.json"), str(cached / "model.safetensors")]
+    assert all(a == f"{b}.{os.getpid()}.part" for a, b in renames)

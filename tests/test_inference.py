@@ -8,9 +8,10 @@ import common
 import generate
 from checkpoint import save_checkpoint
 from conftest import run_script
-from generate import generate_tokens, load
+from generate import load
+from model import generate_tokens
 from model import GPT, GPTConfig
-from prepare import CharTokenizer
+from tokenizer import CharTokenizer
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -57,8 +58,8 @@ def test_cached_steps_give_the_logits_of_recomputing(dtype):
     assert (cached - full).abs().max().item() < (1e-5 if dtype == torch.float32 else 0.05)
 
 
-def test_one_row_steps_run_without_onednn_and_leave_the_switch_as_found(monkeypatch):
-    model = tiny_model()
+def test_one_sample_runs_without_onednn_and_the_caller_finds_the_switch_as_it_was(monkeypatch):
+    gen = generate.Generator(tiny_model(), CharTokenizer(CHARS), torch.device("cpu"))
     seen, layer_norm = [], torch.nn.functional.layer_norm
 
     def recording_layer_norm(*args, **kwargs):
@@ -68,12 +69,10 @@ def test_one_row_steps_run_without_onednn_and_leave_the_switch_as_found(monkeypa
     monkeypatch.setattr(torch.nn.functional, "layer_norm", recording_layer_norm)
     for rows in (1, 3):
         seen.clear()
-        list(generate_tokens(model, torch.zeros(rows, 2, dtype=torch.long), 4))
-        per_pass = 2 * 2 + 1  # two per block and the final one
-        prompt, steps = seen[:per_pass], seen[per_pass:]
-        assert all(prompt) and len(steps) == 3 * per_pass  # the prompt keeps oneDNN: many rows
-        assert steps == [rows > 1] * len(steps)  # a step of one row: PyTorch's own kernels
-        assert torch.backends.mkldnn.enabled
+        for _ in gen.stream_batch("ab", num_samples=rows, max_new_tokens=4):
+            assert torch.backends.mkldnn.enabled  # switched off only while the model works
+        assert len(seen) == 4 * (2 * 2 + 1)  # four passes, each with two LayerNorms per block and the final one
+        assert seen == [rows > 1] * len(seen)  # one row at a time: PyTorch's own kernels
 
 
 def test_the_switch_comes_back_when_a_step_fails():

@@ -1,10 +1,10 @@
-"""plot.py and the loss plot training keeps in out_dir: PNGs that read back, and never a failed run."""
+"""eval.py plot and the loss plot training keeps in out_dir: PNGs that read back, and never a failed run."""
 import sys
 
 import numpy as np
 import pytest
 
-import plot
+import eval as evaluation
 import train
 from conftest import TINY_MODEL, run_script
 from common import UserError
@@ -35,7 +35,7 @@ def test_plot_command_writes_png(workdir, monkeypatch):
     run_train(workdir, monkeypatch)
     run_train(workdir, monkeypatch, "--out_dir=out2", "--learning_rate=3e-3")
     assert_png(workdir / "out" / "loss.png", 1100, 420)  # drawn by training itself
-    result = run_script("plot.py", "out", "out2/metrics.jsonl", "-o", "compare.png", cwd=workdir)
+    result = run_script("eval.py", "plot", "out", "out2/metrics.jsonl", "-o", "compare.png", cwd=workdir)
     assert "wrote compare.png (2 runs)" in result.stdout
     assert_png(workdir / "compare.png", 1100, 420, runs=2)
 
@@ -45,21 +45,21 @@ def test_plot_reads_a_log_without_train_records(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(
         '{"kind": "eval", "iter": 0, "tokens": 0, "train_loss": 4.2, "val_loss": 4.3}\n'
         '{"kind": "eval", "iter": 100, "tokens": 6400, "train_loss": 2.1, "val_loss": 2.4}\n')
-    plot.main([str(tmp_path / "metrics.jsonl"), "-o", str(tmp_path / "loss.png")])
+    evaluation.main(["plot", str(tmp_path / "metrics.jsonl"), "-o", str(tmp_path / "loss.png")])
     assert_png(tmp_path / "loss.png", 1100, 420)
 
 
 def test_plot_errors_are_one_line(workdir):
-    assert_one_line_error(run_script("plot.py", "nowhere", cwd=workdir, check=False), "no metrics log")
+    assert_one_line_error(run_script("eval.py", "plot", "nowhere", cwd=workdir, check=False), "no metrics log")
     (workdir / "empty.jsonl").write_text("")
-    assert_one_line_error(run_script("plot.py", "empty.jsonl", cwd=workdir, check=False), "no training or evaluation")
+    assert_one_line_error(run_script("eval.py", "plot", "empty.jsonl", cwd=workdir, check=False), "no training or evaluation")
 
 
 def test_plot_without_matplotlib_says_how_to_install(workdir, monkeypatch):
     run_train(workdir, monkeypatch)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     with pytest.raises(UserError, match="pip install matplotlib"):
-        plot.main(["out"])
+        evaluation.main(["plot", "out"])
 
 
 def test_training_without_matplotlib_still_trains(workdir, monkeypatch, capsys):
@@ -76,7 +76,7 @@ def test_a_failing_plot_never_stops_training(workdir, monkeypatch, capsys):
     def broken(runs, output):
         raise RuntimeError("no fonts today")
 
-    monkeypatch.setattr(plot, "draw", broken)
+    monkeypatch.setattr(evaluation, "draw", broken)
     result = run_train(workdir, monkeypatch)
     assert np.isfinite(result["best_val_loss"])
     out = capsys.readouterr().out

@@ -7,7 +7,7 @@ import torch
 
 from checkpoint import load_model, save_checkpoint
 from model import GPT, GPTConfig, build_model
-from model import apply_rotary, rotary_cos_sin, sinusoidal_table
+from model import angle_dtype, apply_rotary, rotary_cos_sin, sinusoidal_table
 
 
 def test_sinusoidal_table_equals_the_formula():
@@ -102,3 +102,10 @@ def test_bigram_trains_and_samples():
         opt.step()
     out = model.eval().generate(torch.tensor([[3]]), 6, temperature=0)
     assert out.tolist() == [[3, 4, 5, 6, 7, 0, 1]]
+
+
+def test_rotary_angles_are_float32_where_the_device_has_no_float64():
+    assert angle_dtype(torch.device("mps")) == torch.float32
+    assert angle_dtype(torch.device("cpu")) == angle_dtype(torch.device("cuda")) == torch.float64
+    cos, sin = rotary_cos_sin(torch.arange(4), 8)
+    assert cos.dtype == sin.dtype == torch.float32 and cos.shape == (4, 4)

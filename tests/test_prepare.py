@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 
+import corpus
 import prepare
 from common import UserError
-from prepare import CharTokenizer, load_tokenizer
+from tokenizer import load_tokenizer
 
 
 def test_split_sizes_and_round_trip(workdir):
@@ -18,20 +19,6 @@ def test_split_sizes_and_round_trip(workdir):
     tok = load_tokenizer(meta)
     assert meta["vocab_size"] == len(set(text)) and meta["chars"] == sorted(set(text))
     assert tok.decode(train.tolist()) + tok.decode(val.tolist()) == text
-
-
-def test_encode_decode_round_trip():
-    tok = CharTokenizer.from_text("hello world")
-    assert tok.decode(tok.encode("low hell")) == "low hell"
-    assert tok.encode_array("low hell", np.uint16).tolist() == tok.encode("low hell")
-
-
-def test_unknown_characters_are_named():
-    tok = CharTokenizer.from_text("abc")
-    with pytest.raises(UserError, match="'z'"):
-        tok.encode("abz")
-    with pytest.raises(UserError, match="'z'"):
-        tok.encode_array("abz", np.uint16)
 
 
 def test_text_too_short_to_split(tmp_path):
@@ -62,10 +49,10 @@ def test_failed_prepare_keeps_previous_dataset(workdir):
 
 
 def test_a_file_of_one_long_line_is_read_in_bounded_pieces(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "CHUNK_CHARS", 100)
+    monkeypatch.setattr(corpus, "CHUNK_CHARS", 100)
     text = " ".join(f"word{i}" for i in range(2000)) + "\nlast line"  # one line of 16,000 characters
     (tmp_path / "long.txt").write_text(text)
-    pieces = list(prepare.read_chunks(str(tmp_path / "long.txt")))
+    pieces = list(corpus.read_chunks(str(tmp_path / "long.txt")))
     assert "".join(pieces) == text
     assert max(len(p) for p in pieces) <= 200  # never more than a carry and a block
     assert all(p.endswith("\n") or p[-1] != " " for p in pieces) and pieces[1].startswith(" ")

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
+import checkpoint
 import train
 from checkpoint import load_checkpoint
 from conftest import TINY_MODEL
-from plot import current_records, read_metrics
+from eval import current_records, read_metrics
 
 K = 6  # stop here; the uninterrupted run goes to 2K
 # Dropout on, so the resumed run must restore torch's generator too; a schedule that does not
@@ -85,24 +86,37 @@ def test_changed_learning_rates_apply_on_resume(workdir, monkeypatch):
     assert seen == [[1.0, 2.0]]  # 0.006 / 3e-3, not the saved 0.02 / 3e-3
 
 
-def test_a_last_pt_of_the_previous_version_resumes(uninterrupted, workdir, monkeypatch):
-    """Written before vocabularies were padded: embedding rows and their AdamW moments for
-    vocab_size tokens only, and no lr_scale in the optimizer's groups."""
-    run(workdir / "old", f"--max_iters={K}")
-    state = load_checkpoint(workdir / "old" / "last.pt")
-    vocab = state["model_config"]["vocab_size"]
-    rows = state["model"]["wte.weight"].shape[0]
-    assert rows > vocab  # padded now
-    for key in ("wte.weight", "lm_head.weight"):
-        state["model"][key] = state["model"][key][:vocab].clone()
-    for moments in state["optimizer"]["state"].values():
-        for name, value in moments.items():
-            if value.dim() == 2 and value.shape[0] == rows:
-                moments[name] = value[:vocab].clone()
-    for group in state["optimizer"]["param_groups"]:
-        del group["lr_scale"]
-    torch.save(state, workdir / "old" / "last.pt")
-    run(workdir / "old", f"--max_iters={2 * K}", "--init_from=resume")
-    assert records(workdir / "old", "train") == records(uninterrupted, "train")  # loss for loss
-    a, b = load_checkpoint(workdir / "old" / "last.pt")["model"], load_checkpoint(uninterrupted / "last.pt")["model"]
-    assert torch.equal(a["wte.weight"][:vocab], b["wte.weight"][:vocab]) and not a["wte.weight"][vocab:].any()
+def test_resuming_reads_the_checkpoint_into_cpu_memory(workdir, monkeypatch):
+    """Loaded onto a GPU, the saved generator states would arrive as GPU tensors, which
+    torch.Generator.set_state refuses. Here any load not to the CPU lands on the meta device."""
+    monkeypatch.chdir(workdir)
+    args = ["--dataset=tiny", "--out_dir=out", "--eval_interval=2", "--checkpoint_interval=2", *TINY_MODEL]
+    train.main([*args, "--max_iters=2"])
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, map_location=None, **k: real_load(
+        *a, map_location="cpu" if map_location == "cpu" else "meta", **k))
+    assert len(train.main([*args, "--max_iters=4", "--init_from=resume"])["losses"]) == 2
+
+
+def test_the_random_state_of_this_processs_gpu_alone_is_saved_and_restored(monkeypatch):
+    saved, restored = {}, []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved.setdefault(device, torch.full((4,), 7,
+                                                                                       dtype=torch.uint8)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((device, state)))
+    gpu3 = torch.device("cuda", 3)
+    state = checkpoint.rng_state(gpu3)
+    assert list(saved) == [gpu3] and torch.equal(state["cuda"], saved[gpu3])
+    checkpoint.set_rng_state(state, gpu3)
+    assert restored[-1][0] == gpu3 and torch.equal(restored[-1][1], saved[gpu3])
+    count = len(restored)
+    checkpoint.set_rng_state(state, torch.device("cpu"))  # resumed on a CPU: no GPU state to restore
+    assert len(restored) == count
+
+
+def test_the_mps_generator_is_saved_and_restored(monkeypatch):
+    state, restored = torch.arange(8, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: state)
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: restored.append(s))
+    saved = checkpoint.rng_state(torch.device("mps"))
+    checkpoint.set_rng_state(saved, torch.device("mps"))
+    assert torch.equal(saved["mps"], state) and torch.equal(restored[0], state)

@@ -75,7 +75,7 @@ def test_help_lists_every_setting():
 
 
 def test_the_fine_tuning_recipe_has_gpt2s_shape():
-    from gpt2 import GPT2_SIZES
+    from checkpoint import GPT2_SIZES
     from conftest import ROOT
     cfg, model = load_settings([f"{ROOT}/config/finetune_shakespeare.py"])
     assert cfg.init_from == "gpt2" and cfg.dataset == "shakespeare" and not cfg.decay_lr

@@ -1,11 +1,11 @@
-"""KV cache and sampling controls: the cached path must give exactly what recomputation gives."""
+"""The token loop in model.py: the KV cache gives exactly what recomputation gives; the sampling controls."""
 import torch
 import pytest
 
-import generate as generation
+import model as model_module
 from common import UserError
 from model import GPT, GPTConfig
-from generate import check_finite, filter_top_k, filter_top_p, generate_tokens, sample_next
+from model import check_finite, filter_top_k, filter_top_p, generate_tokens, sample_next
 
 
 def tiny_model(pos_encoding="learned", seed=0):
@@ -94,7 +94,7 @@ def test_logits_that_are_not_finite_give_no_token_but_an_error(logits, temperatu
     rows = torch.tensor(logits + [[0.0, 0.0, -1.0]])  # a good row beside the bad one
     tokens = sample_next(rows, temperature)
     assert tokens[0].item() == -1 and 0 <= tokens[1].item() < 3  # marked, without waiting on the device
-    with pytest.raises(UserError, match="not finite"):
+    with pytest.raises(FloatingPointError, match="not finite"):
         check_finite(tokens)
 
 
@@ -103,11 +103,11 @@ def test_a_generator_stops_with_one_line_when_the_logits_are_not_finite():
     with torch.no_grad():
         model.ln_f.weight.fill_(float("nan"))
     from generate import Generator
-    from prepare import CharTokenizer
+    from tokenizer import CharTokenizer
     gen = Generator(model, CharTokenizer([chr(97 + i) for i in range(65)]), torch.device("cpu"))
     with pytest.raises(UserError, match="not finite"):
         gen("a", max_new_tokens=5)
-    with pytest.raises(UserError, match="not finite"):
+    with pytest.raises(FloatingPointError, match="not finite"):
         model.generate(torch.zeros(1, 1, dtype=torch.long), 5)
 
 
@@ -126,7 +126,7 @@ def test_top_k_at_or_above_the_vocabulary_filters_nothing(monkeypatch):
     assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])  # the draws of no top_k
     def refuse(*args):
         raise AssertionError("filter_top_k called with k >= vocabulary")
-    monkeypatch.setattr(generation, "filter_top_k", refuse)
+    monkeypatch.setattr(model_module, "filter_top_k", refuse)
     sample_next(logits, 1.0, 65)  # the filter is skipped, not run for nothing
     with pytest.raises(AssertionError):
         sample_next(logits, 1.0, 64)
@@ -158,3 +158,11 @@ def test_rope_prompt_longer_than_context():
     model = tiny_model("rope")
     prompt = torch.randint(0, 65, (1, 40))  # 2.5 windows: prefilled in chunks
     assert torch.equal(generate(model, prompt, 20, True, temperature=0), generate(model, prompt, 20, False, temperature=0))
+
+
+def test_generation_scores_the_prompts_last_position_only():
+    model = GPT(GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, block_size=32)).eval()
+    rows = []
+    model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[1]))
+    list(generate_tokens(model, torch.zeros(2, 20, dtype=torch.long), 3))
+    assert rows == [1, 1, 1]  # the 20-token prompt, then two steps (the third token needs no logits)

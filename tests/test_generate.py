@@ -1,13 +1,14 @@
-"""The Generator: stop strings, streaming, and the README's three-line example run as written."""
+"""generate.py, text in and text out: stop strings, streaming, and the README's three-line example run as written."""
 import re
 from dataclasses import asdict
 
 import torch
 
+import generate
 from checkpoint import save_checkpoint
 from generate import Generator, load
 from model import GPT, GPTConfig
-from prepare import CharTokenizer
+from tokenizer import CharTokenizer
 from conftest import ROOT, TINY_TEXT
 
 
@@ -87,3 +88,16 @@ def test_load_accepts_a_file_or_a_folder(tmp_path):
     a = load(str(tmp_path), device="cpu")("All:", max_new_tokens=10, temperature=0)
     b = load(str(tmp_path / "ckpt.pt"), device="cpu")("All:", max_new_tokens=10, temperature=0)
     assert a == b
+
+
+def test_weights_are_cast_before_they_move(tmp_path, monkeypatch):
+    from dataclasses import asdict
+    from checkpoint import save_checkpoint
+    from tokenizer import CharTokenizer
+    model = GPT(GPTConfig(vocab_size=3, n_layer=1, n_head=2, n_embd=16, block_size=8))
+    save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config),
+                     "tokenizer": CharTokenizer("abc").to_meta()}, str(tmp_path / "ckpt.pt"))
+    moves, real_to = [], torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moves.append(a) or real_to(self, *a, **k))
+    generate.load(str(tmp_path), device="cpu", dtype="bfloat16")
+    assert moves == [(torch.bfloat16,), (torch.device("cpu"),)]  # half the bytes cross to a GPU
